@@ -1,0 +1,34 @@
+"""What every stage flow shares: the offline environment, params, paths, and a clean exit on bad input."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from polydistill.config import load_params, project_root, set_offline_environment
+
+set_offline_environment()
+
+
+def stage_context() -> tuple[Path, dict[str, Any]]:
+    """The project root and the whole params.yaml."""
+    root = project_root()
+    return root, load_params(root / "params.yaml")
+
+
+def run_stage(flow: Callable[[], Any]) -> None:
+    """Run a stage flow; a known input error ends the process with its message and exit status 1."""
+    from polydistill.archives import ArchiveDownloadError, ArchiveHashMismatch
+    from polydistill.ingest import CorpusLoadError
+    from polydistill.validate import DataValidationError
+
+    started = time.perf_counter()
+    try:
+        flow()
+    except (DataValidationError, CorpusLoadError, ArchiveHashMismatch, ArchiveDownloadError) as error:
+        print(f"\n{flow.__name__} failed: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{flow.__name__} finished in {time.perf_counter() - started:.1f} s")

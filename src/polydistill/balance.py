@@ -1,0 +1,148 @@
+"""Language-balanced temperature sampling: q_i ∝ n_i^alpha, with a cap on repeats.
+
+alpha = 1 keeps natural shares, alpha = 0 gives every language the same share. No example is drawn more than
+max_repeats times, so a small language cannot be blown up beyond what its data supports; the share a capped
+language cannot take goes to the others in proportion to their targets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def temperature_shares(counts: dict[str, int], alpha: float) -> dict[str, float]:
+    """Target sampling probabilities q_i = n_i^alpha / sum_j n_j^alpha (languages with no rows get 0)."""
+    weights = {key: float(n) ** alpha if n > 0 else 0.0 for key, n in counts.items()}
+    total = sum(weights.values())
+    if total == 0:
+        raise ValueError("cannot sample from groups that are all empty")
+    return {key: weight / total for key, weight in weights.items()}
+
+
+def allocate(counts: dict[str, int], alpha: float, total: int, max_repeats: int) -> dict[str, int]:
+    """Integer sample sizes per group summing to `total` (or to every group's cap, if smaller).
+
+    Each group gets total · q_i, but never more than max_repeats · n_i; what a capped group cannot take is
+    handed to the uncapped groups in proportion to their shares (water-filling), then rounded by largest remainder.
+    """
+    if max_repeats < 1:
+        raise ValueError("max_repeats must be at least 1")
+    caps = {key: n * max_repeats for key, n in counts.items()}
+    total = min(total, sum(caps.values()))
+    shares = temperature_shares(counts, alpha)
+    fixed: dict[str, float] = {}
+    while True:
+        free = {key: shares[key] for key in counts if key not in fixed}
+        remaining = total - sum(fixed.values())
+        free_mass = sum(free.values())
+        targets = {key: remaining * share / free_mass for key, share in free.items()} if free_mass else {}
+        over = {key for key, target in targets.items() if target > caps[key]}
+        if not over:
+            break
+        fixed.update({key: float(caps[key]) for key in over})
+    exact = {**fixed, **targets}
+    return _round_preserving_total(exact, total, caps)
+
+
+def _round_preserving_total(exact: dict[str, float], total: int, caps: dict[str, int]) -> dict[str, int]:
+    rounded = {key: int(np.floor(value)) for key, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda key: (-(exact[key] - rounded[key]), key))
+    for key in by_remainder:
+        if sum(rounded.values()) >= total:
+            break
+        if rounded[key] < caps[key]:
+            rounded[key] += 1
+    return rounded
+
+
+def draw(rows: pd.DataFrame, size: int, rng: np.random.Generator) -> pd.DataFrame:
+    """`size` rows: every row floor(size/n) times, plus a random subset without replacement for the rest."""
+    full_copies, remainder = divmod(size, len(rows))
+    picks = np.concatenate([np.tile(np.arange(len(rows)), full_copies),
+                            rng.choice(len(rows), size=remainder, replace=False)])
+    return rows.iloc[np.sort(picks)]
+
+
+def sample_balanced(
+    frame: pd.DataFrame, total: int, alpha: float, max_repeats: int, class_balance: bool, seed: int
+) -> pd.DataFrame:
+    """A language-balanced sample of `frame` (columns lang and label), shuffled, deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    language_counts = frame.groupby("lang").size().to_dict()
+    language_sizes = allocate(language_counts, alpha, total, max_repeats)
+    parts = []
+    for lang in sorted(language_sizes):
+        rows = frame[frame["lang"] == lang]
+        label_counts = rows.groupby("label").size().to_dict()
+        label_alpha = 0.0 if class_balance else 1.0
+        label_sizes = allocate(label_counts, label_alpha, language_sizes[lang], max_repeats)
+        for label in sorted(label_sizes):
+            parts.append(draw(rows[rows["label"] == label], label_sizes[label], rng))
+    sample = pd.concat(parts, ignore_index=True)
+    return sample.iloc[rng.permutation(len(sample))].reset_index(drop=True)
+
+
+def share_report(population: pd.DataFrame, sample: pd.DataFrame, alpha: float) -> dict[str, dict]:
+    """Per language: rows available, natural share, target share q, rows sampled, share after, max repeats."""
+    available = population.groupby("lang").size()
+    sampled = sample.groupby("lang").size().reindex(available.index, fill_value=0)
+    target = temperature_shares(available.to_dict(), alpha)
+    repeats = sample.groupby(["lang", "id"]).size().groupby("lang").max().reindex(available.index, fill_value=0)
+    return {
+        lang: {
+            "available": int(available[lang]),
+            "share_before": round(float(available[lang] / available.sum()), 4),
+            "share_target": round(target[lang], 4),
+            "sampled": int(sampled[lang]),
+            "share_after": round(float(sampled[lang] / max(sampled.sum(), 1)), 4),
+            "max_repeats_seen": int(repeats[lang]),
+        }
+        for lang in available.index
+    }
+
+
+def balance_sets(train_path: Path, output_dir: Path, report_path: Path, plot_dir: Path, settings: dict) -> dict:
+    """Sample the teacher and transfer sets from the train split; write them, the report and the plots."""
+    train = pd.read_parquet(train_path)
+    sizes = {"teacher": settings["teacher_size"], "transfer": settings["transfer_size"]}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, dict] = {}
+    for offset, (name, size) in enumerate(sizes.items()):
+        sample = sample_balanced(train, size, settings["alpha"], settings["max_repeats"],
+                                 settings["class_balance"], settings["seed"] + offset)
+        sample.to_parquet(output_dir / f"{name}.parquet", index=False)
+        report[name] = {"rows": len(sample), "languages": share_report(train, sample, settings["alpha"])}
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_share_plots(report, plot_dir)
+    return report
+
+
+def write_share_plots(report: dict[str, dict], plot_dir: Path) -> None:
+    """A CSV for `dvc plots` and a PNG of language shares before and after sampling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"set": name, "lang": lang, "when": when, "share": stats[f"share_{when}"]}
+        for name, entry in report.items()
+        for lang, stats in entry["languages"].items()
+        for when in ("before", "after")
+    ]
+    table = pd.DataFrame(rows)
+    table.to_csv(plot_dir / "balance_shares.csv", index=False)
+    figure, axes = plt.subplots(1, len(report), figsize=(5 * len(report), 3.5), sharey=True)
+    for axis, (name, group) in zip(np.atleast_1d(axes), table.groupby("set", sort=False)):
+        pivot = group.pivot(index="lang", columns="when", values="share")[["before", "after"]]
+        pivot.plot.bar(ax=axis, rot=0, title=f"{name} set: language shares")
+        axis.set_ylabel("share of examples")
+    figure.tight_layout()
+    figure.savefig(plot_dir / "balance_shares.png", dpi=110)
+    plt.close(figure)

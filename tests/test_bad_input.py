@@ -1,0 +1,111 @@
+"""Every kind of bad input stops the data plane with a message naming the problem and writes no report.
+
+Each case runs the real stage functions in order (ingest → prepare → validate) on a broken copy of the fixture
+corpus. The validation report is what the balance stage depends on, so no report means nothing downstream runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import FIXTURES, fixture_params
+from polydistill.ingest import CorpusLoadError, acquire_corpus
+from polydistill.prepare import prepare_corpus
+from polydistill.validate import DataValidationError, validate_prepared
+
+Rows = list[dict]
+
+
+def fixture_rows() -> Rows:
+    return [json.loads(line) for line in (FIXTURES / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def run_data_plane(root: Path, rows: Rows | bytes, gx_root: Path, params: dict) -> Path:
+    """Write the corpus, run the three stages; returns the report path (raises on bad input)."""
+    corpus = root / "corpus.jsonl"
+    if isinstance(rows, bytes):
+        corpus.write_bytes(rows)
+    else:
+        corpus.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    params["data"]["path"] = "corpus.jsonl"
+    acquire_corpus(params["data"], params["fetch"], root / "raw", root)
+    prepare_corpus(root / "raw/corpus.jsonl", root / "prepared", root / "prepare.json", params["prepare"])
+    settings = {**params["validate"], "languages": params["data"]["languages"], "labels": params["data"]["labels"]}
+    report = root / "report.json"
+    validate_prepared(root / "prepared", settings, gx_root, report)
+    return report
+
+
+def with_row(change: dict) -> Callable[[Rows], Rows]:
+    return lambda rows: [{**rows[0], **change}, *rows[1:]]
+
+
+def duplicate_id(rows: Rows) -> Rows:
+    return [{**row, "id": f"row-{index}"} for index, row in enumerate(rows)][:-1] + [{**rows[-1], "id": "row-0"}]
+
+
+def conflicting_label(rows: Rows) -> Rows:
+    flipped = "negative" if rows[0]["label"] == "positive" else "positive"
+    return [*rows, {**rows[0], "label": flipped}]
+
+
+CASES = {
+    "null text": (with_row({"text": None}), {}, ["text", "not_be_null"]),
+    "whitespace text": (with_row({"text": "   \t "}), {}, ["text", "match_regex"]),
+    "label outside the set": (with_row({"label": "neutral"}), {}, ["label", "in_set", "neutral"]),
+    "unknown language": (with_row({"lang": "fr"}), {}, ["lang", "in_set", "fr"]),
+    "duplicate id": (duplicate_id, {"columns": {"id": "id"}}, ["id", "unique", "row-0"]),
+    "text with two labels": (conflicting_label, {"conflicting_labels": "keep"}, ["labels_for_text_in_language"]),
+    "language below minimum": (lambda rows: rows, {"min_rows_per_language": 50}, ["sl", "between"]),
+}
+
+
+@pytest.fixture(scope="module")
+def gx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gx")
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_input_fails_validation_with_a_named_problem(case: str, tmp_path: Path, gx_root: Path) -> None:
+    mutate, overrides, expected = CASES[case]
+    params = copy.deepcopy(fixture_params(["en", "sl", "zh"]))
+    params["data"]["columns"] = {**params["data"]["columns"], **overrides.get("columns", {})}
+    params["prepare"]["conflicting_labels"] = overrides.get("conflicting_labels", "drop")
+    params["validate"]["min_rows_per_language"] = overrides.get("min_rows_per_language", 30)
+    with pytest.raises(DataValidationError) as failure:
+        run_data_plane(tmp_path, mutate(fixture_rows()), gx_root, params)
+    message = str(failure.value)
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} missing from:\n{message}"
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_text_in_two_splits_fails_validation(tmp_path: Path, gx_root: Path) -> None:
+    params = fixture_params(["en", "sl", "zh"])
+    report = run_data_plane(tmp_path, fixture_rows(), gx_root, params)
+    assert json.loads(report.read_text(encoding="utf-8"))["success"] is True
+    train = pd.read_parquet(tmp_path / "prepared/train.parquet")
+    test = pd.read_parquet(tmp_path / "prepared/test.parquet")
+    leaked = train.iloc[[0]].assign(id="leaked-row")
+    pd.concat([test, leaked]).to_parquet(tmp_path / "prepared/test.parquet", index=False)
+    settings = {**params["validate"], "languages": ["en", "sl", "zh"], "labels": params["data"]["labels"]}
+    with pytest.raises(DataValidationError, match="splits_sharing_text"):
+        validate_prepared(tmp_path / "prepared", settings, gx_root, report)
+    assert not report.exists()
+
+
+@pytest.mark.parametrize(("case", "corpus", "expected"), [
+    ("missing column", b'{"text": "fine", "label": "positive"}\n', "'lang'"),
+    ("invalid UTF-8", b'{"text": "caf\xe9", "label": "positive", "lang": "en"}\n', "not valid UTF-8"),
+], ids=["missing column", "invalid UTF-8"])
+def test_unreadable_input_fails_at_load(case: str, corpus: bytes, expected: str, tmp_path: Path) -> None:
+    params = fixture_params(["en"])
+    with pytest.raises(CorpusLoadError, match=expected):
+        run_data_plane(tmp_path, corpus, tmp_path / "gx", params)
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "prepared").exists()

@@ -1,0 +1,94 @@
+"""Properties of the temperature sampler: natural and uniform shares, the repeat cap, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from polydistill.balance import allocate, sample_balanced, share_report, temperature_shares
+
+language_counts = st.dictionaries(
+    keys=st.sampled_from(["en", "es", "id", "sl", "zh", "ja", "ar"]),
+    values=st.integers(min_value=1, max_value=5000),
+    min_size=1,
+    max_size=7,
+)
+
+
+def corpus(counts: dict[str, int]) -> pd.DataFrame:
+    rows = [{"id": f"{lang}-{i}", "lang": lang, "label": "positive" if i % 3 else "negative", "text": f"{lang} {i}"}
+            for lang, n in counts.items() for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+@given(counts=language_counts, total=st.integers(min_value=1, max_value=20000))
+def test_alpha_one_reproduces_natural_shares(counts: dict[str, int], total: int) -> None:
+    total = min(total, sum(counts.values()))
+    sizes = allocate(counts, alpha=1.0, total=total, max_repeats=1)
+    grand = sum(counts.values())
+    for lang, n in counts.items():
+        assert abs(sizes[lang] - total * n / grand) < 1.0
+
+
+@given(counts=language_counts, total=st.integers(min_value=1, max_value=20000),
+       max_repeats=st.integers(min_value=1, max_value=5))
+def test_alpha_zero_gives_equal_shares_up_to_the_cap(counts: dict[str, int], total: int, max_repeats: int) -> None:
+    sizes = allocate(counts, alpha=0.0, total=total, max_repeats=max_repeats)
+    capped = [sizes[lang] for lang, n in counts.items() if sizes[lang] == n * max_repeats]
+    uncapped = [sizes[lang] for lang, n in counts.items() if sizes[lang] < n * max_repeats]
+    if uncapped:
+        assert max(uncapped) - min(uncapped) <= 1
+        assert all(size <= min(uncapped) for size in capped)
+
+
+@given(counts=language_counts, total=st.integers(min_value=1, max_value=40000),
+       alpha=st.floats(min_value=0.0, max_value=1.0), max_repeats=st.integers(min_value=1, max_value=5))
+def test_cap_never_exceeded_and_total_kept(counts: dict[str, int], total: int, alpha: float,
+                                           max_repeats: int) -> None:
+    sizes = allocate(counts, alpha=alpha, total=total, max_repeats=max_repeats)
+    assert all(sizes[lang] <= n * max_repeats for lang, n in counts.items())
+    assert sum(sizes.values()) == min(total, max_repeats * sum(counts.values()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(counts=st.dictionaries(st.sampled_from(["en", "sl", "zh"]), st.integers(2, 300), min_size=2, max_size=3),
+       alpha=st.floats(min_value=0.0, max_value=1.0), max_repeats=st.integers(min_value=1, max_value=4),
+       seed=st.integers(min_value=0, max_value=2**31))
+def test_sample_respects_cap_keeps_every_language_and_is_deterministic(
+        counts: dict[str, int], alpha: float, max_repeats: int, seed: int) -> None:
+    frame = corpus(counts)
+    total = len(frame) // 2 + len(counts)
+    first = sample_balanced(frame, total, alpha, max_repeats, class_balance=False, seed=seed)
+    second = sample_balanced(frame, total, alpha, max_repeats, class_balance=False, seed=seed)
+    pd.testing.assert_frame_equal(first, second)
+    assert first.groupby("id").size().max() <= max_repeats
+    assert set(first["lang"]) == set(counts)
+
+
+def test_uniform_sampling_equalises_languages_and_reports_shares() -> None:
+    frame = corpus({"en": 1000, "sl": 100, "zh": 400})
+    sample = sample_balanced(frame, 600, alpha=0.0, max_repeats=3, class_balance=False, seed=1)
+    assert sample.groupby("lang").size().to_dict() == {"en": 200, "sl": 200, "zh": 200}
+    report = share_report(frame, sample, alpha=0.0)
+    assert report["sl"]["share_before"] == pytest.approx(100 / 1500, abs=1e-4)
+    assert report["sl"]["share_after"] == pytest.approx(1 / 3, abs=1e-4)
+    assert report["sl"]["max_repeats_seen"] == 2
+
+
+def test_capped_language_hands_its_share_to_the_others() -> None:
+    sizes = allocate({"en": 1000, "sl": 10}, alpha=0.0, total=400, max_repeats=3)
+    assert sizes == {"en": 370, "sl": 30}
+
+
+def test_class_balance_equalises_labels_within_a_language() -> None:
+    frame = corpus({"en": 300})  # one third negative
+    sample = sample_balanced(frame, 200, alpha=1.0, max_repeats=2, class_balance=True, seed=0)
+    assert sample.groupby("label").size().to_dict() == {"negative": 100, "positive": 100}
+
+
+def test_shares_follow_the_temperature_formula() -> None:
+    shares = temperature_shares({"a": 100, "b": 1}, alpha=0.5)
+    assert shares["a"] / shares["b"] == pytest.approx(np.sqrt(100))
