@@ -1,0 +1,298 @@
+"""The training loop shared by the teacher and the students.
+
+Length-bucketed batches with dynamic padding (no padding to max_length), AdamW with linear warmup and decay,
+evaluation every `eval_every` steps (macro-F1 per language), early stopping, the best model kept as a Hugging Face
+folder, and a checkpoint every `checkpoint_every` steps (weights, optimizer, scheduler and RNG state, all as
+safetensors + JSON) from which a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import f1_score
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+LossFunction = Callable[[torch.nn.Module, "Batch"], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Knobs of one training run (a params.yaml section)."""
+
+    max_length: int
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float
+    epochs: float
+    weight_decay: float
+    eval_every: int
+    patience: int
+    checkpoint_every: int
+    seed: int
+    bucket_batches: int = 50
+    max_grad_norm: float = 1.0
+    freeze_word_embeddings: bool = False
+    eval_batch_size: int = 64
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> TrainSettings:
+        known = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in section.items() if key in known})
+
+
+@dataclass
+class EncodedSet:
+    """Token ids (unpadded, special tokens included), label ids, languages and optional teacher logits."""
+
+    input_ids: list[list[int]]
+    labels: np.ndarray
+    langs: np.ndarray
+    teacher_logits: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+@dataclass
+class Batch:
+    """A padded batch: input_ids and attention_mask [B, L], labels [B], teacher logits [B, K] or None."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor
+    teacher_logits: Tensor | None
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint records besides the tensors."""
+
+    step: int = 0
+    best_score: float = -1.0
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated to max_length, not padded."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, bucket_batches: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, sort by length within buckets of `bucket_batches` batches, cut into batches, shuffle the batches."""
+    order = rng.permutation(len(lengths))
+    bucket = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = order[start:start + bucket]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(data: EncodedSet, indices: np.ndarray, pad_id: int) -> Batch:
+    """Pad the selected rows to the longest among them."""
+    rows = [data.input_ids[i] for i in indices]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row_index, row in enumerate(rows):
+        input_ids[row_index, :len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[row_index, :len(row)] = 1
+    teacher = None if data.teacher_logits is None else torch.from_numpy(data.teacher_logits[indices]).float()
+    return Batch(input_ids, attention_mask, torch.from_numpy(data.labels[indices]).long(), teacher)
+
+
+def ordered_batches(data: EncodedSet, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches of similar length for inference (sorted by length); callers restore order by the indices."""
+    order = np.argsort(data.lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, data: EncodedSet, pad_id: int, batch_size: int) -> np.ndarray:
+    """Logits for every row of data, in row order."""
+    model.eval()
+    logits = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    for indices in ordered_batches(data, batch_size):
+        batch = collate(data, indices, pad_id)
+        logits[indices] = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float().numpy()
+    return logits
+
+
+def per_language_macro_f1(labels: np.ndarray, predictions: np.ndarray, langs: np.ndarray) -> dict[str, float]:
+    """Macro-F1 for each language, and their unweighted mean under "mean"."""
+    scores = {
+        str(lang): float(f1_score(labels[langs == lang], predictions[langs == lang], average="macro"))
+        for lang in sorted(set(langs.tolist()))
+    }
+    scores["mean"] = float(np.mean(list(scores.values())))
+    return scores
+
+
+def cross_entropy_loss(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """Plain cross-entropy of the model's logits against the gold labels."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    loss = torch.nn.functional.cross_entropy(logits, batch.labels)
+    return {"total": loss, "cross_entropy": loss}
+
+
+def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: EncodedSet, settings: TrainSettings,
+                     work_dir: Path, pad_id: int, loss_function: LossFunction = cross_entropy_loss,
+                     save_best: Callable[[Path], None] | None = None,
+                     progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainState:
+    """Train `model` on `train`, keep the best model (by mean per-language validation macro-F1) in work_dir/best.
+
+    A checkpoint in work_dir/checkpoint is resumed from when present. `save_best(path)` writes the best
+    model (default: model.save_pretrained). Returns the final state with the evaluation history.
+    """
+    torch.manual_seed(settings.seed)
+    if settings.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
+    optimizer, scheduler = make_optimizer(model, settings, total_steps)
+    checkpoint_dir, best_dir = work_dir / "checkpoint", work_dir / "best"
+    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler) if checkpoint_dir.exists() else TrainState()
+    if state.step:
+        log.info("resuming from step %d of %d", state.step, total_steps)
+    save_best = save_best or (lambda path: model.save_pretrained(path))
+    started = time.perf_counter()
+    while state.step < total_steps and state.evals_without_improvement < settings.patience:
+        epoch, position = divmod(state.step, steps_per_epoch)
+        batches = bucketed_batches(train.lengths, settings.batch_size, settings.bucket_batches,
+                                   np.random.default_rng([settings.seed, epoch]))
+        for indices in batches[position:]:
+            model.train()
+            batch = collate(train, indices, pad_id)
+            losses = loss_function(model, batch)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            last = state.step == total_steps
+            if state.step % settings.eval_every == 0 or last:
+                evaluate_and_keep_best(model, validation, settings, state, pad_id, best_dir, save_best, losses,
+                                       time.perf_counter() - started)
+                if progress:
+                    progress(state.step, total_steps, state.history[-1])
+            if state.step % settings.checkpoint_every == 0 or last:
+                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+            if last or state.evals_without_improvement >= settings.patience:
+                break
+    return state
+
+
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings,
+                   total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases and LayerNorm) with linear warmup then linear decay to zero."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.learning_rate)
+    warmup = max(1, int(total_steps * settings.warmup_ratio))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def evaluate_and_keep_best(model: torch.nn.Module, validation: EncodedSet, settings: TrainSettings,
+                           state: TrainState, pad_id: int, best_dir: Path, save_best: Callable[[Path], None],
+                           losses: dict[str, Tensor], elapsed: float) -> None:
+    """Score the model on validation; save it as best when the mean per-language macro-F1 improves."""
+    predictions = predict_logits(model, validation, pad_id, settings.eval_batch_size).argmax(axis=1)
+    scores = per_language_macro_f1(validation.labels, predictions, validation.langs)
+    entry = {"step": state.step, "seconds": round(elapsed, 1),
+             **{f"train_{name}": round(float(value.detach()), 5) for name, value in losses.items()},
+             **{f"validation_macro_f1_{lang}": round(score, 5) for lang, score in scores.items()}}
+    state.history.append(entry)
+    log.info("step %d: %s", state.step, entry)
+    if scores["mean"] > state.best_score:
+        state.best_score, state.best_step, state.evals_without_improvement = scores["mean"], state.step, 0
+        staging = best_dir.with_name(best_dir.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_best(staging)
+        shutil.rmtree(best_dir, ignore_errors=True)
+        staging.rename(best_dir)
+    else:
+        state.evals_without_improvement += 1
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LambdaLR, state: TrainState) -> None:
+    """Write weights, optimizer moments and RNG state as safetensors, the rest as JSON; atomically."""
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+              str(staging / "model.safetensors"))
+    optimizer_state = optimizer.state_dict()
+    tensors = {"rng_torch": torch.get_rng_state()}
+    scalars: dict[str, Any] = {}
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value) and value.ndim > 0:
+                tensors[f"optimizer.{index}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{index}.{key}"] = float(value)
+    save_file(tensors, str(staging / "trainer_state.safetensors"))
+    meta = {"state": asdict(state), "optimizer_scalars": scalars, "param_groups": optimizer_state["param_groups"],
+            "scheduler": scheduler.state_dict()}
+    (staging / "trainer_state.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)
+
+
+def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LambdaLR) -> TrainState:
+    """Restore what save_checkpoint wrote and return the saved progress."""
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    tensors = load_file(str(directory / "trainer_state.safetensors"))
+    meta = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+    optimizer_state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[key] = tensor
+    for name, value in meta["optimizer_scalars"].items():
+        index, key = name.split(".", 1)
+        optimizer_state.setdefault(int(index), {})[key] = torch.tensor(value)
+    optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng_torch"])
+    return TrainState(**meta["state"])
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,99 @@
+"""The shared training loop: bucketing with dynamic padding, early stopping, and exact resume after interruption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from polydistill.training import (EncodedSet, TrainSettings, bucketed_batches, collate, per_language_macro_f1,
+                                  train_classifier)
+
+PAD = 1
+
+
+def tiny_model(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=2, pad_token_id=PAD)
+    return BertForSequenceClassification(config)
+
+
+def toy_set(rows: int, seed: int) -> EncodedSet:
+    """Label 1 texts use tokens 10-34, label 0 texts tokens 35-59: learnable by a tiny model."""
+    rng = np.random.default_rng(seed)
+    ids, labels = [], []
+    for _ in range(rows):
+        label = int(rng.random() < 0.5)
+        low = 10 if label else 35
+        body = rng.integers(low, low + 25, size=rng.integers(3, 30)).tolist()
+        ids.append([0, *body, 2])
+        labels.append(label)
+    langs = np.array(["en", "zh"] * (rows // 2) + ["en"] * (rows % 2))
+    return EncodedSet(ids, np.array(labels), langs)
+
+
+def settings(**overrides) -> TrainSettings:
+    base = dict(max_length=64, batch_size=8, learning_rate=3e-3, warmup_ratio=0.1, epochs=3, weight_decay=0.01,
+                eval_every=10, patience=100, checkpoint_every=5, seed=5, bucket_batches=4)
+    return TrainSettings(**{**base, **overrides})
+
+
+def test_buckets_cover_every_row_once_and_pad_little() -> None:
+    lengths = np.random.default_rng(0).integers(2, 200, size=1000)
+    batches = bucketed_batches(lengths, batch_size=16, bucket_batches=10, rng=np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    padded = sum(len(batch) * lengths[batch].max() for batch in batches)
+    assert padded < 1.1 * lengths.sum(), "length bucketing should keep padding under 10%"
+
+
+def test_collate_pads_to_the_longest_in_the_batch() -> None:
+    data = toy_set(10, 0)
+    batch = collate(data, np.array([0, 3]), PAD)
+    assert batch.input_ids.shape[1] == max(len(data.input_ids[0]), len(data.input_ids[3]))
+    assert int(batch.attention_mask.sum()) == len(data.input_ids[0]) + len(data.input_ids[3])
+
+
+def test_training_learns_and_keeps_the_best_model(tmp_path: Path) -> None:
+    model = tiny_model()
+    state = train_classifier(model, toy_set(160, 1), toy_set(60, 2), settings(), tmp_path, PAD)
+    assert state.best_score > 0.8
+    assert (tmp_path / "best/model.safetensors").exists()
+    assert state.history[-1]["step"] == 60
+
+
+def test_early_stopping_ends_after_patience(tmp_path: Path) -> None:
+    state = train_classifier(tiny_model(), toy_set(160, 1), toy_set(60, 2),
+                             settings(learning_rate=0.0, patience=2, eval_every=5), tmp_path, PAD)
+    assert state.step == 15 and state.evals_without_improvement == 2
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    train, validation = toy_set(160, 1), toy_set(60, 2)
+    uninterrupted = tiny_model()
+    train_classifier(uninterrupted, train, validation, settings(), tmp_path / "straight", PAD)
+
+    def kill_at_step_30(step: int, total: int, entry: dict) -> None:
+        if step == 30:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_classifier(tiny_model(), train, validation, settings(), tmp_path / "resumed", PAD,
+                         progress=kill_at_step_30)
+    resumed = tiny_model(seed=99)  # a fresh process would start from other random weights
+    state = train_classifier(resumed, train, validation, settings(), tmp_path / "resumed", PAD)
+    assert state.step == 60 and [entry["step"] for entry in state.history] == [10, 20, 30, 40, 50, 60]
+    for (name, expected), actual in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(actual, expected, msg=name)
+
+
+def test_per_language_scores_include_the_mean() -> None:
+    scores = per_language_macro_f1(np.array([0, 1, 0, 1]), np.array([0, 1, 1, 1]), np.array(["a", "a", "b", "b"]))
+    assert scores["a"] == 1.0 and scores["mean"] == pytest.approx((1.0 + scores["b"]) / 2)
