@@ -1,0 +1,112 @@
+"""Distillation losses: soft-label KL with the T² factor plus cross-entropy, and hidden-state MSE.
+
+Hidden states follow the Hugging Face ``output_hidden_states=True`` convention: index 0 is the
+embedding output, index i the output of encoder layer i (1-based), so a layer map pairs those indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LayerMap = Sequence[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class LossParts:
+    """The training loss and its two unweighted parts, for logging.
+
+    total = alpha * distillation + (1 - alpha) * cross_entropy.
+    """
+
+    total: Tensor
+    distillation: Tensor
+    cross_entropy: Tensor
+
+
+def distillation_loss(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float, temperature: float
+) -> LossParts:
+    """Hinton distillation: alpha * T² * KL(softmax(t/T) ‖ softmax(s/T)) + (1 - alpha) * CE(labels, s).
+
+    The KL term is averaged over the batch ("batchmean", the true KL per example); the T² factor keeps its
+    gradient wrt the student logits, (T / N) * (softmax(s/T) - softmax(t/T)), of the same order for every T.
+    Teacher logits are constants (detached). Labels equal to -100 are ignored by the cross-entropy.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape (label sets do not match)")
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    distillation = kl * temperature**2
+    cross_entropy = F.cross_entropy(student_logits, labels)
+    total = alpha * distillation + (1.0 - alpha) * cross_entropy
+    return LossParts(total=total, distillation=distillation, cross_entropy=cross_entropy)
+
+
+class HiddenProjector(nn.Module):
+    """One learned linear map from student width to teacher width per mapped layer pair."""
+
+    def __init__(self, num_pairs: int, student_width: int, teacher_width: int) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in range(num_pairs))
+
+    def forward(self, pair_index: int, hidden: Tensor) -> Tensor:
+        return self.projections[pair_index](hidden)
+
+
+def hidden_state_loss(
+    student_hidden: Sequence[Tensor],
+    teacher_hidden: Sequence[Tensor],
+    layer_map: LayerMap,
+    projection: HiddenProjector | None,
+    attention_mask: Tensor,
+) -> Tensor:
+    """Mean over the pairs (student index, teacher index) of the MSE between their hidden states.
+
+    Only real tokens count (attention_mask 1): each pair's error is summed over real positions and
+    features and divided by (number of real tokens * teacher width). Student states go through
+    ``projection`` (one Linear per pair) when given; it is required when the widths differ.
+    Both sequences must be tokenized identically (same length, same positions).
+    """
+    if not layer_map:
+        raise ValueError("layer_map is empty")
+    mask = attention_mask.to(student_hidden[0].dtype).unsqueeze(-1)
+    real_values = mask.sum() * teacher_hidden[0].shape[-1]
+    pair_losses = []
+    for pair_index, (student_index, teacher_index) in enumerate(layer_map):
+        student_state = student_hidden[student_index]
+        teacher_state = teacher_hidden[teacher_index].detach()
+        if projection is not None:
+            student_state = projection(pair_index, student_state)
+        elif student_state.shape[-1] != teacher_state.shape[-1]:
+            raise ValueError(f"widths differ ({student_state.shape[-1]} vs {teacher_state.shape[-1]}): "
+                             "pass a HiddenProjector")
+        squared_error = (student_state - teacher_state).pow(2) * mask
+        pair_losses.append(squared_error.sum() / real_values)
+    return torch.stack(pair_losses).mean()
+
+
+def kept_layer_map(layers: Sequence[int]) -> list[tuple[int, int]]:
+    """Layer map for a student built from teacher layers ``layers`` (0-based, as in StudentInfo.layers).
+
+    Embeddings pair with embeddings; student layer k+1 pairs with teacher layer layers[k] + 1.
+    """
+    return [(0, 0)] + [(position + 1, layer + 1) for position, layer in enumerate(layers)]
+
+
+def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[tuple[int, int]]:
+    """Layer map spreading student layers evenly over the teacher's (last pairs with last, as in TinyBERT)."""
+    if not 0 < num_student_layers <= num_teacher_layers:
+        raise ValueError(f"need 0 < student layers ({num_student_layers}) <= teacher layers ({num_teacher_layers})")
+    step = num_teacher_layers / num_student_layers
+    return [(0, 0)] + [(layer, round(layer * step)) for layer in range(1, num_student_layers + 1)]

@@ -1,0 +1,277 @@
+"""Per-language students: a teacher vocabulary trimmed to one language, and a smaller BERT on top of it.
+
+The teacher is a Hugging Face BERT-style sequence classifier folder with a fast Unigram ``tokenizer.json``
+(XLM-R conventions). A student folder is a plain Hugging Face folder that AutoTokenizer and
+AutoModelForSequenceClassification load offline, with no custom code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+WORD_BOUNDARY = "\u2581"
+XLMR_SPECIAL_TOKENS = {
+    "bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+    "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>",
+}
+CONFIG_TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+TEACHER_TOKEN_IDS_FILE = "teacher_token_ids.json"
+LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
+WORD_EMBEDDINGS_KEY = "embeddings.word_embeddings.weight"
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    """What was built: where, vocabulary size, parameter counts and the teacher layers copied.
+
+    non_embedding_params excludes the embeddings block (word, position and token-type tables and
+    their LayerNorm). ``layers`` are the 0-based teacher layers copied, empty for a scratch student.
+    """
+
+    path: Path
+    vocab_size: int
+    total_params: int
+    non_embedding_params: int
+    num_layers: int
+    hidden_size: int
+    layers: tuple[int, ...]
+
+
+def load_tokenizer_json(tokenizer_json: dict[str, Any] | Path) -> dict[str, Any]:
+    """The tokenizer.json content, given either the parsed dict or its path."""
+    if isinstance(tokenizer_json, dict):
+        return tokenizer_json
+    return json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+
+
+def character_class(char: str) -> str:
+    """Script of a letter or mark (first word of its Unicode name: LATIN, CJK, HANGUL, ...), else its category.
+
+    Digits, punctuation, symbols and emoji thus fall in classes such as Nd, Po or So.
+    """
+    category = unicodedata.category(char)
+    name = unicodedata.name(char, "")
+    if category[0] in "LM" and name:
+        return name.split()[0]
+    return category
+
+
+def _single_character(piece: str) -> str | None:
+    """The character of a piece that is one character long, with or without the word-boundary prefix."""
+    bare = piece[1:] if piece.startswith(WORD_BOUNDARY) and len(piece) > 1 else piece
+    return bare if len(bare) == 1 else None
+
+
+def language_vocabulary(tokenizer_json: dict[str, Any] | Path, texts: Iterable[str]) -> list[int]:
+    """Sorted teacher token ids a language needs, judged from its texts.
+
+    Kept: (1) the special tokens; (2) every piece the texts tokenize into; (3) the bare word-boundary
+    piece; (4) every single-character piece, with or without the word-boundary prefix, whose character
+    class (see ``character_class``: the script for letters, the Unicode category otherwise) occurs in
+    the pieces of (2). So a word unseen in the texts still splits into known characters, not <unk>.
+    """
+    content = load_tokenizer_json(tokenizer_json)
+    tokenizer = Tokenizer.from_str(json.dumps(content))
+    vocab = content["model"]["vocab"]
+    special_ids = {token["id"] for token in content["added_tokens"] if token["special"]}
+    seen_ids: set[int] = set()
+    for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
+        seen_ids.update(encoding.ids)
+    seen_ids -= special_ids
+    seen_classes = {character_class(char) for index in seen_ids for char in vocab[index][0].replace(WORD_BOUNDARY, "")}
+    character_ids = set()
+    for index, (piece, _score) in enumerate(vocab):
+        char = _single_character(piece)
+        if char == WORD_BOUNDARY or (char is not None and character_class(char) in seen_classes):
+            character_ids.add(index)
+    return sorted(special_ids | seen_ids | character_ids)
+
+
+def _remap_post_processor(processor: dict[str, Any] | None, new_id: dict[int, int]) -> dict[str, Any] | None:
+    """A copy of a post-processor with its token ids translated to the trimmed vocabulary."""
+    if processor is None:
+        return None
+    remapped = copy.deepcopy(processor)
+    kind = remapped["type"]
+    if kind == "TemplateProcessing":
+        for special in remapped["special_tokens"].values():
+            special["ids"] = [new_id[index] for index in special["ids"]]
+    elif kind in {"RobertaProcessing", "BertProcessing"}:
+        for field in ("sep", "cls"):
+            token, index = remapped[field]
+            remapped[field] = [token, new_id[index]]
+    elif kind == "Sequence":
+        remapped["processors"] = [_remap_post_processor(inner, new_id) for inner in remapped["processors"]]
+    elif kind != "ByteLevel":
+        raise ValueError(f"post-processor type {kind} is not supported")
+    return remapped
+
+
+def trim_tokenizer(teacher_tokenizer_json: dict[str, Any] | Path, kept_ids: Iterable[int]) -> dict[str, Any]:
+    """A Unigram tokenizer.json over the kept teacher pieces, renumbered contiguously in teacher order.
+
+    Scores, normaliser, pre-tokenizer and decoder are unchanged; added tokens, the unknown id, the
+    post-processor and padding get the new ids. With ids 0..3 kept, the special tokens keep ids 0..3.
+    Text whose teacher segmentation uses only kept pieces is segmented identically (Viterbi over a
+    subset of pieces with the same scores cannot find a better path).
+    """
+    teacher = load_tokenizer_json(teacher_tokenizer_json)
+    model = teacher["model"]
+    if model["type"] != "Unigram":
+        raise ValueError(f"only Unigram tokenizers can be trimmed, got {model['type']}")
+    kept = sorted(set(kept_ids))
+    new_id = {old: new for new, old in enumerate(kept)}
+    missing = [token["content"] for token in teacher["added_tokens"]
+               if token["special"] and token["id"] not in new_id]
+    if model["unk_id"] not in new_id or missing:
+        raise ValueError(f"kept ids must include <unk> and every special token; missing {missing}")
+    added_tokens = [{**token, "id": new_id[token["id"]]} for token in teacher["added_tokens"] if token["id"] in new_id]
+    padding = teacher.get("padding")
+    if padding is not None:
+        padding = {**padding, "pad_id": new_id[padding["pad_id"]]}
+    return {
+        **teacher,
+        "added_tokens": added_tokens,
+        "padding": padding,
+        "post_processor": _remap_post_processor(teacher.get("post_processor"), new_id),
+        "model": {**model, "unk_id": new_id[model["unk_id"]], "vocab": [model["vocab"][index] for index in kept]},
+    }
+
+
+def unknown_token_rate(tokenizer: Tokenizer | PreTrainedTokenizerFast, texts: Iterable[str],
+                       unk_token: str = "<unk>") -> float:
+    """Share of the texts' tokens (special tokens not added) that are the unknown token.
+
+    The tokenizer fuses a run of unknown characters into one <unk>, so a run counts once, as the model sees it.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    unk_id = backend.token_to_id(unk_token)
+    encodings = backend.encode_batch(list(texts), add_special_tokens=False)
+    total = sum(len(encoding.ids) for encoding in encodings)
+    if total == 0:
+        raise ValueError("the texts produce no tokens")
+    return sum(encoding.ids.count(unk_id) for encoding in encodings) / total
+
+
+def _student_config(teacher_config: PretrainedConfig, kept: Sequence[int], **overrides: Any) -> PretrainedConfig:
+    """The teacher's config (labels and their order included) with the trimmed vocabulary and overrides."""
+    config = copy.deepcopy(teacher_config)
+    new_id = {old: new for new, old in enumerate(kept)}
+    config.vocab_size = len(kept)
+    for field in CONFIG_TOKEN_ID_FIELDS:
+        old = getattr(config, field, None)
+        if old is not None:
+            setattr(config, field, new_id.get(old))
+    for field, value in overrides.items():
+        setattr(config, field, value)
+    return config
+
+
+def _student_state_dict(teacher_state: dict[str, torch.Tensor], kept: Sequence[int],
+                        layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Teacher weights for the student: kept embedding rows, chosen layers renumbered 0.., all else as is."""
+    new_layer = {old: new for new, old in enumerate(layers)}
+    kept_rows = torch.tensor(list(kept))
+    state = {}
+    for key, tensor in teacher_state.items():
+        match = LAYER_KEY.search(key)
+        if match:
+            teacher_layer = int(match.group(2))
+            if teacher_layer not in new_layer:
+                continue
+            key = f"{key[:match.start(2)]}{new_layer[teacher_layer]}{key[match.end(2):]}"
+        elif key.endswith(WORD_EMBEDDINGS_KEY):
+            tensor = tensor.index_select(0, kept_rows)
+        state[key] = tensor.clone()
+    return state
+
+
+def _count_parameters(model: PreTrainedModel) -> tuple[int, int]:
+    total = sum(parameter.numel() for parameter in model.parameters())
+    embeddings = sum(parameter.numel() for parameter in model.base_model.embeddings.parameters())
+    return total, total - embeddings
+
+
+def _save_student(model: PreTrainedModel, tokenizer_json: dict[str, Any], kept: Sequence[int],
+                  output_dir: Path, layers: Sequence[int]) -> StudentInfo:
+    """Write model, tokenizer files and the kept teacher ids (student id i = teacher id kept[i])."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    vocabulary = {piece for piece, _score in tokenizer_json["model"]["vocab"]}
+    special_tokens = {role: token for role, token in XLMR_SPECIAL_TOKENS.items() if token in vocabulary}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(tokenizer_json)),
+        model_max_length=model.config.max_position_embeddings,
+        **special_tokens,
+    )
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "special_tokens_map.json").write_text(json.dumps(special_tokens, indent=2), encoding="utf-8")
+    (output_dir / TEACHER_TOKEN_IDS_FILE).write_text(json.dumps(list(kept)), encoding="utf-8")
+    total, non_embedding = _count_parameters(model)
+    return StudentInfo(
+        path=output_dir, vocab_size=len(kept), total_params=total, non_embedding_params=non_embedding,
+        num_layers=model.config.num_hidden_layers, hidden_size=model.config.hidden_size, layers=tuple(layers),
+    )
+
+
+def _trimmed_vocabulary(teacher_dir: Path, texts: Iterable[str],
+                        extra_texts: Iterable[str] | None) -> tuple[dict[str, Any], list[int]]:
+    teacher_tokenizer = load_tokenizer_json(teacher_dir / "tokenizer.json")
+    kept = language_vocabulary(teacher_tokenizer, chain(texts, extra_texts or ()))
+    return trim_tokenizer(teacher_tokenizer, kept), kept
+
+
+def build_student_from_teacher(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
+                               output_dir: str | Path, extra_texts: Iterable[str] | None = None) -> StudentInfo:
+    """A student made of teacher parts: the language's vocabulary rows and the chosen encoder layers.
+
+    ``layers`` are 0-based teacher layers in increasing order; they become student layers 0..len-1.
+    Position/type embeddings, LayerNorms, pooler and classifier are copied; labels keep their ids.
+    The vocabulary comes from ``texts`` plus ``extra_texts`` (see ``language_vocabulary``).
+    """
+    teacher_dir, output_dir = Path(teacher_dir), Path(output_dir)
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    num_teacher_layers = teacher.config.num_hidden_layers
+    if not layers or list(layers) != sorted(set(layers)) or not 0 <= layers[0] <= layers[-1] < num_teacher_layers:
+        raise ValueError(f"layers must be increasing, distinct and within 0..{num_teacher_layers - 1}, got {layers}")
+    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, extra_texts)
+    config = _student_config(teacher.config, kept, num_hidden_layers=len(layers))
+    student = AutoModelForSequenceClassification.from_config(config)
+    student.load_state_dict(_student_state_dict(teacher.state_dict(), kept, layers), strict=True)
+    return _save_student(student, tokenizer_json, kept, output_dir, layers)
+
+
+def build_scratch_student(teacher_dir: str | Path, texts: Iterable[str], hidden_size: int, num_layers: int,
+                          num_heads: int, intermediate_size: int, output_dir: str | Path, seed: int,
+                          extra_texts: Iterable[str] | None = None) -> StudentInfo:
+    """A smaller, randomly initialised BERT (seeded) on the language's trimmed teacher tokenizer.
+
+    Everything not overridden (labels, positions, activation, dropout) follows the teacher's config.
+    """
+    teacher_dir, output_dir = Path(teacher_dir), Path(output_dir)
+    teacher_config = AutoConfig.from_pretrained(teacher_dir)
+    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, extra_texts)
+    config = _student_config(teacher_config, kept, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                             num_attention_heads=num_heads, intermediate_size=intermediate_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = AutoModelForSequenceClassification.from_config(config)
+    return _save_student(student, tokenizer_json, kept, output_dir, layers=())

@@ -1,0 +1,156 @@
+"""Properties of the distillation and hidden-state losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from polydistill.losses import (
+    HiddenProjector,
+    distillation_loss,
+    hidden_state_loss,
+    kept_layer_map,
+    uniform_layer_map,
+)
+
+torch.set_num_threads(1)
+
+temperatures = st.floats(min_value=0.5, max_value=10.0)
+alphas = st.floats(min_value=0.0, max_value=1.0)
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+def random_batch(seed: int, batch: int = 6, classes: int = 3, scale: float = 3.0):
+    generator = torch.Generator().manual_seed(seed)
+    student = torch.randn(batch, classes, generator=generator, dtype=torch.float64) * scale
+    teacher = torch.randn(batch, classes, generator=generator, dtype=torch.float64) * scale
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    return student, teacher, labels
+
+
+def kd_gradient(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    student = student.clone().requires_grad_(True)
+    labels = torch.zeros(student.shape[0], dtype=torch.long)
+    distillation_loss(student, teacher, labels, alpha=1.0, temperature=temperature).total.backward()
+    return student.grad
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, temperature=temperatures, alpha=alphas)
+def test_kd_term_is_zero_when_logits_match(seed, temperature, alpha):
+    student, _, labels = random_batch(seed)
+    parts = distillation_loss(student, student.clone(), labels, alpha, temperature)
+    assert parts.distillation.item() == pytest.approx(0.0, abs=1e-12)
+    assert parts.total.item() == pytest.approx((1 - alpha) * F.cross_entropy(student, labels).item(), abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, temperature=temperatures)
+def test_alpha_zero_is_plain_cross_entropy(seed, temperature):
+    student, teacher, labels = random_batch(seed)
+    parts = distillation_loss(student, teacher, labels, alpha=0.0, temperature=temperature)
+    assert torch.equal(parts.total, F.cross_entropy(student, labels))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, temperature=temperatures, alpha=alphas)
+def test_total_is_weighted_sum_of_parts_and_kd_is_t_squared_kl(seed, temperature, alpha):
+    student, teacher, labels = random_batch(seed)
+    parts = distillation_loss(student, teacher, labels, alpha, temperature)
+    teacher_probs = torch.softmax(teacher / temperature, dim=-1)
+    kl_per_example = (teacher_probs * (teacher_probs.log() - torch.log_softmax(student / temperature, -1))).sum(-1)
+    assert parts.distillation.item() == pytest.approx(temperature**2 * kl_per_example.mean().item(), rel=1e-9)
+    assert parts.distillation.item() > 0
+    expected_total = alpha * parts.distillation + (1 - alpha) * parts.cross_entropy
+    assert parts.total.item() == pytest.approx(expected_total.item(), rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, temperature=temperatures)
+def test_kd_gradient_is_t_over_n_times_probability_gap(seed, temperature):
+    """d/ds [T² KL_batchmean] = (T / N) * (softmax(s/T) - softmax(t/T)), exactly."""
+    student, teacher, _ = random_batch(seed)
+    gradient = kd_gradient(student, teacher, temperature)
+    gap = torch.softmax(student / temperature, -1) - torch.softmax(teacher / temperature, -1)
+    torch.testing.assert_close(gradient, temperature / student.shape[0] * gap, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_t_squared_keeps_kd_gradient_scale_across_temperatures(seed):
+    """For near-equal logits (teacher near uniform) the gradient tends to (δ - mean δ) / (N K), free of T.
+
+    Linearising softmax around the uniform distribution gives (T/N) * (1/K)(δ/T - mean(δ/T)): T cancels.
+    Without the T² factor the gradient at T=4 would be 16 times smaller than at T=1.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    batch, classes = 8, 5
+    teacher = 1e-4 * torch.randn(batch, classes, generator=generator, dtype=torch.float64)
+    delta = 1e-3 * torch.randn(batch, classes, generator=generator, dtype=torch.float64)
+    student = teacher + delta
+    linearised = (delta - delta.mean(-1, keepdim=True)) / (batch * classes)
+    gradients = {t: kd_gradient(student, teacher, t) for t in (1.0, 4.0)}
+    for gradient in gradients.values():
+        assert ((gradient - linearised).norm() / linearised.norm()).item() < 5e-3
+    ratio = gradients[1.0].norm() / gradients[4.0].norm()
+    assert ratio.item() == pytest.approx(1.0, abs=5e-3)
+
+
+def test_mismatched_label_sets_are_refused():
+    with pytest.raises(ValueError, match="differ in shape"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), 0.5, 2.0)
+
+
+def hidden_states(seed: int, layers: int = 3, batch: int = 2, length: int = 5, width: int = 4):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, length, width, generator=generator) for _ in range(layers)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds)
+def test_hidden_loss_is_zero_for_identical_states(seed):
+    states = hidden_states(seed)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    loss = hidden_state_loss(states, [s.clone() for s in states], [(0, 0), (1, 1), (2, 2)], None, mask)
+    assert loss.item() == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds)
+def test_hidden_loss_ignores_padded_positions(seed):
+    student, teacher = hidden_states(seed), hidden_states(seed + 1)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    layer_map = [(0, 0), (2, 1)]
+    loss = hidden_state_loss(student, teacher, layer_map, None, mask)
+    changed_padding = [s.clone() for s in student]
+    for state in changed_padding:
+        state[mask == 0] = 1e6
+    assert hidden_state_loss(changed_padding, teacher, layer_map, None, mask).item() == pytest.approx(loss.item())
+    real = mask.bool()
+    expected = sum(F.mse_loss(student[s][real], teacher[t][real]) for s, t in layer_map) / len(layer_map)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_projector_maps_student_width_to_teacher_width_and_learns():
+    torch.manual_seed(0)
+    student = [torch.randn(2, 5, 3, requires_grad=True) for _ in range(2)]
+    teacher = hidden_states(1, layers=3, width=8)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    layer_map = [(0, 0), (1, 2)]
+    with pytest.raises(ValueError, match="widths differ"):
+        hidden_state_loss(student, teacher, layer_map, None, mask)
+    projector = HiddenProjector(len(layer_map), student_width=3, teacher_width=8)
+    loss = hidden_state_loss(student, teacher, layer_map, projector, mask)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector.parameters())
+    assert student[1].grad is not None
+
+
+def test_layer_maps():
+    assert kept_layer_map([0, 4, 8, 11]) == [(0, 0), (1, 1), (2, 5), (3, 9), (4, 12)]
+    assert uniform_layer_map(4, 12) == [(0, 0), (1, 3), (2, 6), (3, 9), (4, 12)]
+    assert uniform_layer_map(12, 12) == [(i, i) for i in range(13)]
+    with pytest.raises(ValueError):
+        uniform_layer_map(5, 4)
