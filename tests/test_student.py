@@ -11,9 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import Unigram
-from tokenizers.trainers import UnigramTrainer
+from tiny_models import xlmr_style_tokenizer
+from tokenizers import Tokenizer
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -25,7 +24,6 @@ from transformers import (
 from polydistill.archives import PinnedArchive, download_archive, read_member
 from polydistill.student import (
     TEACHER_TOKEN_IDS_FILE,
-    WORD_BOUNDARY,
     build_scratch_student,
     build_student_from_teacher,
     character_class,
@@ -75,25 +73,6 @@ CORPUS = {
     "zh": sentences(CHINESE, 150, 3, "，", "。"),
 }
 ZH_UNSEEN = sentences(CHINESE_UNSEEN, 40, 4, "，", "。")
-
-
-def xlmr_style_tokenizer(texts: list[str], vocab_size: int) -> dict:
-    """Train a Unigram tokenizer and lay it out like XLM-R: <s> <pad> </s> <unk> first, <mask> last."""
-    tokenizer = Tokenizer(Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="always")
-    trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                             unk_token="<unk>", shrinking_factor=0.75)
-    tokenizer.train_from_iterator(texts, trainer)
-    mask_id = tokenizer.get_vocab_size()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    content = json.loads(tokenizer.to_str())
-    content["model"]["vocab"].append(["<mask>", 0.0])
-    content["added_tokens"].append({"id": mask_id, "content": "<mask>", "single_word": False, "lstrip": True,
-                                    "rstrip": False, "normalized": False, "special": True})
-    return content
 
 
 def tiny_bert(vocab_size: int, seed: int = 0) -> BertForSequenceClassification:

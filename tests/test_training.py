@@ -9,8 +9,14 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from polydistill.training import (EncodedSet, TrainSettings, bucketed_batches, collate, per_language_macro_f1,
-                                  train_classifier)
+from polydistill.training import (
+    EncodedSet,
+    TrainSettings,
+    bucketed_batches,
+    collate,
+    per_language_macro_f1,
+    train_classifier,
+)
 
 PAD = 1
 

@@ -1,0 +1,205 @@
+"""Distil one student per language, and train the same student with plain cross-entropy as the KD baseline.
+
+shared mode: the student learns from the multilingual teacher's stored soft labels.
+independent mode: the multilingual teacher is first fine-tuned further on the language alone, its own soft labels
+are generated, and the student learns from those.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polydistill.losses import HiddenProjector, distillation_loss, hidden_state_loss, kept_layer_map
+from polydistill.soft_labels import generate_soft_labels, load_soft_labels, teacher_fingerprint
+from polydistill.student import (
+    TEACHER_TOKEN_IDS_FILE,
+    StudentInfo,
+    build_scratch_student,
+    build_student_from_teacher,
+    unknown_token_rate,
+)
+from polydistill.teacher import encode_frame, fine_tune, run_key
+from polydistill.training import Batch, TrainSettings, train_classifier
+
+VARIANTS = ("kd", "ce")
+
+
+def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],
+                  seed: int) -> StudentInfo:
+    """The initial student for one language, as params.yaml's distill.student describes."""
+    if student["kind"] == "from_teacher":
+        return build_student_from_teacher(teacher_dir, texts, student["layers"], output_dir)
+    if student["kind"] == "scratch":
+        scratch = student["scratch"]
+        return build_scratch_student(teacher_dir, texts, scratch["hidden_size"], scratch["num_layers"],
+                                     scratch["num_heads"], scratch["intermediate_size"], output_dir, seed)
+    raise ValueError(f"unknown distill.student.kind '{student['kind']}': use from_teacher or scratch")
+
+
+class KnowledgeDistillationLoss:
+    """alpha·T²·KL + (1 − alpha)·CE on the stored teacher logits, plus an optional hidden-state term.
+
+    The hidden-state term runs the teacher on the same tokens (student ids mapped back to teacher ids).
+    """
+
+    def __init__(self, alpha: float, temperature: float, hidden_weight: float = 0.0,
+                 teacher: torch.nn.Module | None = None, teacher_ids: list[int] | None = None,
+                 layers: list[int] | None = None, student_width: int = 0) -> None:
+        self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
+        self.teacher = teacher
+        if hidden_weight > 0:
+            self.teacher_ids = torch.tensor(teacher_ids, dtype=torch.long)
+            self.layer_map = kept_layer_map(layers)
+            teacher_width = teacher.config.hidden_size
+            self.projector = (HiddenProjector(len(self.layer_map), student_width, teacher_width)
+                              if student_width != teacher_width else None)
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimizer must train besides the student's (the projections)."""
+        return list(self.projector.parameters()) if self.hidden_weight > 0 and self.projector else []
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        outputs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        output_hidden_states=self.hidden_weight > 0)
+        parts = distillation_loss(outputs.logits, batch.teacher_logits, batch.labels, self.alpha, self.temperature)
+        losses = {"total": parts.total, "distillation": parts.distillation, "cross_entropy": parts.cross_entropy}
+        if self.hidden_weight > 0:
+            with torch.inference_mode():
+                teacher_hidden = self.teacher(input_ids=self.teacher_ids[batch.input_ids],
+                                              attention_mask=batch.attention_mask,
+                                              output_hidden_states=True).hidden_states
+            hidden = hidden_state_loss(outputs.hidden_states, [state.clone() for state in teacher_hidden],
+                                       self.layer_map, self.projector, batch.attention_mask)
+            losses["hidden"] = hidden
+            losses["total"] = losses["total"] + self.hidden_weight * hidden
+        return losses
+
+
+def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.ndarray | None,
+                  validation: pd.DataFrame, output_dir: Path, work_dir: Path, settings: dict[str, Any],
+                  labels: list[str], loss: KnowledgeDistillationLoss | None) -> dict[str, Any]:
+    """Train a copy of the initial student (KD when loss is given, else CE) and keep its best checkpoint."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    train_settings = TrainSettings.from_params(settings["train"])
+    tokenizer = AutoTokenizer.from_pretrained(initial_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(initial_dir)
+    if loss is not None and loss.extra_parameters():
+        model.add_module("hidden_projector", loss.projector)
+    train_set = encode_frame(tokenizer, train, labels, train_settings.max_length)
+    train_set.teacher_logits = teacher_logits
+    validation_set = encode_frame(tokenizer, validation, labels, train_settings.max_length)
+
+    def save_best(path: Path) -> None:
+        state = {name: tensor for name, tensor in model.state_dict().items()
+                 if not name.startswith("hidden_projector.")}
+        model.save_pretrained(path, state_dict=state)
+        tokenizer.save_pretrained(path)
+        shutil.copy2(initial_dir / TEACHER_TOKEN_IDS_FILE, path / TEACHER_TOKEN_IDS_FILE)
+
+    kwargs = {"loss_function": loss} if loss is not None else {}
+    state = train_classifier(model, train_set, validation_set, train_settings, work_dir, tokenizer.pad_token_id,
+                             save_best=save_best, **kwargs)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(work_dir / "best", output_dir)
+    return {"best_step": state.best_step, "steps": state.step, "best_validation_macro_f1": state.best_score,
+            "train_rows": len(train_set), "history": state.history}
+
+
+def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
+                     teacher_set: pd.DataFrame, output_dir: Path, work_root: Path, settings: dict[str, Any],
+                     soft_label_settings: dict[str, Any], labels: list[str]) -> tuple[Path, Path, dict]:
+    """independent mode: fine-tune the teacher on one language, then generate its own soft labels."""
+    teacher_settings = settings["independent_teacher"]
+    lang_teacher_dir = output_dir / "teacher"
+    rows = teacher_set[teacher_set["lang"] == lang]
+    key = run_key(teacher_settings, teacher_dir / "model.safetensors")
+    metrics = fine_tune(teacher_dir, rows, frames["validation"], lang_teacher_dir,
+                        work_root / f"teacher-{lang}-{key}", teacher_settings, labels)
+    soft_dir = output_dir / "soft_labels"
+    generate_soft_labels(lang_teacher_dir, tfidf_dir, frames, soft_dir, soft_label_settings, labels)
+    return lang_teacher_dir, soft_dir, metrics
+
+
+def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any],
+                     soft_label_settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """Build, distil and CE-train the students of one language; write them and their metrics.
+
+    paths: teacher, tfidf, soft_labels, transfer, teacher_set, train, validation, test, output, metrics, work.
+    """
+    torch.set_num_threads(settings["threads"])
+    read = {name: pd.read_parquet(paths[name]) for name in ("transfer", "train", "validation", "test")}
+    transfer_all = read["transfer"]
+    frames = {name: frame[frame["lang"] == lang].reset_index(drop=True) for name, frame in read.items()}
+    output = paths["output"]
+    output.mkdir(parents=True, exist_ok=True)
+    teacher_dir, soft_dir, report = paths["teacher"], paths["soft_labels"], {"mode": settings["mode"]}
+    max_length = soft_label_settings["max_length"]
+    if settings["mode"] == "independent":
+        soft_frames = {"transfer": frames["transfer"], "validation": frames["validation"], "test": frames["test"]}
+        teacher_dir, soft_dir, report["language_teacher"] = language_teacher(
+            lang, paths["teacher"], paths["tfidf"], soft_frames, pd.read_parquet(paths["teacher_set"]), output,
+            paths["work"], settings, soft_label_settings, labels)
+        expected = _expected(teacher_dir, labels, max_length)
+        transfer_logits = load_soft_labels(soft_dir, "transfer", frames["transfer"], expected)
+    elif settings["mode"] == "shared":
+        expected = _expected(teacher_dir, labels, max_length)
+        all_logits = load_soft_labels(soft_dir, "transfer", transfer_all, expected)
+        transfer_logits = all_logits[(transfer_all["lang"] == lang).to_numpy()]
+    else:
+        raise ValueError(f"unknown distill.mode '{settings['mode']}': use shared or independent")
+
+    info = build_student(teacher_dir, frames["train"]["text"].tolist(), output / "initial", settings["student"],
+                         settings["train"]["seed"])
+    report["student"] = {"kind": settings["student"]["kind"], "vocab_size": info.vocab_size,
+                         "total_params": info.total_params, "non_embedding_params": info.non_embedding_params,
+                         "layers": list(info.layers), "hidden_size": info.hidden_size}
+    report["unknown_token_rate_test"] = _unknown_rate(output / "initial", frames["test"]["text"].tolist())
+    for variant in VARIANTS:
+        loss = _loss_for(variant, settings, teacher_dir, output / "initial", info)
+        key = run_key({**settings, "variant": variant, "lang": lang}, output / "initial" / "model.safetensors",
+                      paths["transfer"], soft_dir / "fingerprint.json")
+        report[variant] = train_student(output / "initial", frames["transfer"],
+                                        transfer_logits if variant == "kd" else None, frames["validation"],
+                                        output / variant, paths["work"] / f"student-{lang}-{variant}-{key}",
+                                        settings, labels, loss)
+    shutil.rmtree(output / "initial")
+    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    paths["metrics"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _expected(teacher_dir: Path, labels: list[str], max_length: int) -> dict[str, Any]:
+    """The fingerprint fields the current teacher, label order and max_length must match."""
+    return teacher_fingerprint(teacher_dir, labels, max_length, None, None)
+
+
+def _loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,
+              info: StudentInfo) -> KnowledgeDistillationLoss | None:
+    if variant == "ce":
+        return None
+    hidden_weight = settings["hidden_loss_weight"]
+    if hidden_weight <= 0:
+        return KnowledgeDistillationLoss(settings["alpha"], settings["temperature"])
+    if not info.layers:
+        raise ValueError("the hidden-state term needs a from_teacher student (its layers map to teacher layers)")
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+    teacher_ids = json.loads((initial_dir / TEACHER_TOKEN_IDS_FILE).read_text(encoding="utf-8"))
+    return KnowledgeDistillationLoss(settings["alpha"], settings["temperature"], hidden_weight, teacher,
+                                     teacher_ids, list(info.layers), info.hidden_size)
+
+
+def _unknown_rate(student_dir: Path, texts: list[str]) -> float:
+    from transformers import AutoTokenizer
+
+    return round(unknown_token_rate(AutoTokenizer.from_pretrained(student_dir), texts), 5)

