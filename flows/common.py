@@ -9,9 +9,7 @@ from typing import Any
 
 from prefect import Flow
 
-from polydistill.config import load_params, project_root, set_offline_environment
-
-set_offline_environment()
+from polydistill.config import load_params, project_root
 
 
 def stage_context() -> tuple[Path, dict[str, Any]]:

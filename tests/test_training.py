@@ -15,6 +15,7 @@ from polydistill.training import (
     bucketed_batches,
     collate,
     per_language_macro_f1,
+    rows_per_language,
     train_classifier,
 )
 
@@ -103,3 +104,11 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
 def test_per_language_scores_include_the_mean() -> None:
     scores = per_language_macro_f1(np.array([0, 1, 0, 1]), np.array([0, 1, 1, 1]), np.array(["a", "a", "b", "b"]))
     assert scores["a"] == 1.0 and scores["mean"] == pytest.approx((1.0 + scores["b"]) / 2)
+
+
+def test_rows_per_language_limits_each_language_deterministically() -> None:
+    data = toy_set(100, 3)
+    limited = rows_per_language(data, 20, seed=1)
+    assert {lang: int((limited.langs == lang).sum()) for lang in ("en", "zh")} == {"en": 20, "zh": 20}
+    assert limited.input_ids == rows_per_language(data, 20, seed=1).input_ids
+    assert rows_per_language(data, 0, seed=1) is data

@@ -7,10 +7,10 @@ simple API and checked again after download.
 from __future__ import annotations
 
 import hashlib
-import logging
-import shutil
 import json
+import logging
 import os
+import shutil
 import tarfile
 import tempfile
 import time
@@ -73,7 +73,7 @@ def _index_download(archive: PinnedArchive, destination: Path) -> Path:
         listing = json.load(response)
     matches = [entry for entry in listing["files"] if entry.get("hashes", {}).get("sha256") == archive.sha256]
     if not matches:
-        versions = sorted({entry["filename"] for entry in listing["files"] if f"-{archive.version}" in entry["filename"]})
+        versions = sorted(entry["filename"] for entry in listing["files"] if f"-{archive.version}" in entry["filename"])
         raise ArchiveHashMismatch(
             f"the index lists no file of {archive.requirement} with the pinned sha256 {archive.sha256} "
             f"(files of that version: {versions}); refusing to download"

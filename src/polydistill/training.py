@@ -47,6 +47,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     freeze_word_embeddings: bool = False
     eval_batch_size: int = 64
+    eval_rows_per_language: int = 0  # validation rows scored per language at each evaluation (0 = all)
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> TrainSettings:
@@ -69,6 +70,21 @@ class EncodedSet:
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+    def subset(self, indices: np.ndarray) -> EncodedSet:
+        """The rows at indices, in that order."""
+        logits = None if self.teacher_logits is None else self.teacher_logits[indices]
+        return EncodedSet([self.input_ids[i] for i in indices], self.labels[indices], self.langs[indices], logits)
+
+
+def rows_per_language(data: EncodedSet, limit: int, seed: int) -> EncodedSet:
+    """At most `limit` randomly chosen rows of each language (all rows when limit is 0)."""
+    if limit <= 0:
+        return data
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(data.langs == lang))[:limit] for lang in sorted(set(data.langs.tolist()))]
+    return data.subset(np.sort(np.concatenate(chosen)))
 
 
 @dataclass
@@ -168,6 +184,7 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
     model (default: model.save_pretrained). Returns the final state with the evaluation history.
     """
     torch.manual_seed(settings.seed)
+    validation = rows_per_language(validation, settings.eval_rows_per_language, settings.seed)
     if settings.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
