@@ -1,0 +1,89 @@
+"""distill_language on a tiny teacher: shared mode with the hidden-state term, and independent mode."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO_ROOT, fixture_texts
+from tiny_models import tiny_pretrained_encoder
+from transformers import AutoModelForSequenceClassification
+
+from polydistill.distill import distill_language
+from polydistill.soft_labels import generate_soft_labels
+from polydistill.tfidf import fit_baselines
+
+LABELS = ["negative", "positive"]
+SOFT = {"max_length": 32, "batch_size": 16, "threads": 1, "weight_grid": [0.0, 0.5, 1.0], "ensemble": True}
+QUICK = {"eval_every": 4, "checkpoint_every": 4, "batch_size": 8, "epochs": 1, "eval_rows_per_language": 0}
+
+
+def split(texts: list[str], langs: list[str], prefix: str) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"{prefix}-{i}" for i in range(len(texts))], "text": texts,
+                         "label": [LABELS[i % 2] for i in range(len(texts))], "lang": langs, "source": "fixture"})
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("distill")
+    texts = fixture_texts()
+    langs = ["zh" if any("\u4e00" <= char <= "\u9fff" for char in text) else "en" for text in texts]
+    frames = {"train": split(texts[:180], langs[:180], "train"),
+              "validation": split(texts[180:240], langs[180:240], "val"),
+              "test": split(texts[240:], langs[240:], "test")}
+    frames["transfer"] = frames["train"]
+    paths = {name: root / f"{name}.parquet" for name in frames}
+    for name, frame in frames.items():
+        frame.to_parquet(paths[name])
+    paths["teacher_set"] = paths["train"]
+    paths["teacher"] = tiny_pretrained_encoder(root / "teacher", texts, LABELS)
+    fit_baselines(paths["train"], paths["validation"], root / "tfidf", root / "tfidf.json", LABELS,
+                  {"analyzer": "char_wb", "ngram_range": [1, 3], "min_df": 1, "max_features": 5000, "c_grid": [1.0],
+                   "max_iter": 500, "seed": 0})
+    paths["tfidf"] = root / "tfidf"
+    soft_frames = {name: frames[name] for name in ("transfer", "validation", "test")}
+    generate_soft_labels(paths["teacher"], paths["tfidf"], soft_frames, root / "soft", SOFT, LABELS)
+    paths["soft_labels"] = root / "soft"
+    return paths
+
+
+def distill_settings(**overrides) -> dict:
+    settings = copy.deepcopy(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["distill"])
+    settings.update(threads=1, **overrides)
+    settings["student"]["layers"] = [0, 3]
+    settings["train"].update(QUICK)
+    settings["independent_teacher"].update(QUICK, threads=1)
+    return settings
+
+
+def run(workspace: dict[str, Path], tmp_path: Path, lang: str, settings: dict) -> dict:
+    paths = {**workspace, "output": tmp_path / "students" / lang, "metrics": tmp_path / f"{lang}.json",
+             "work": tmp_path / "runs"}
+    report = distill_language(lang, paths, settings, SOFT, LABELS)
+    assert json.loads(paths["metrics"].read_text(encoding="utf-8")) == report
+    return report
+
+
+def test_shared_mode_with_hidden_state_matching(workspace: dict[str, Path], tmp_path: Path) -> None:
+    report = run(workspace, tmp_path, "zh", distill_settings(mode="shared", hidden_loss_weight=0.5))
+    assert report["student"]["layers"] == [0, 3]
+    assert all(entry["train_hidden"] > 0 for entry in report["kd"]["history"])
+    assert "train_hidden" not in report["ce"]["history"][0]
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "students/zh/kd")
+    assert student.config.num_hidden_layers == 2
+    assert not any(name.startswith("hidden_projector") for name in student.state_dict())
+    assert not (tmp_path / "students/zh/initial").exists()
+
+
+def test_independent_mode_fine_tunes_a_language_teacher_first(workspace: dict[str, Path], tmp_path: Path) -> None:
+    report = run(workspace, tmp_path, "en", distill_settings(mode="independent"))
+    language_teacher = tmp_path / "students/en/teacher"
+    assert (language_teacher / "model.safetensors").exists()
+    assert set(report["language_teacher"]["validation_macro_f1"]) == {"en", "mean"}
+    fingerprint = json.loads((tmp_path / "students/en/soft_labels/fingerprint.json").read_text(encoding="utf-8"))
+    assert fingerprint["rows"]["transfer"]["rows"] == report["kd"]["train_rows"]
+    assert set(fingerprint["ensemble"]["weights"]) == {"en"}
