@@ -13,7 +13,6 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
-export POLYDISTILL_ROOT ?= $(CURDIR)
 # dvc.yaml's stage commands call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_models import tiny_pretrained_encoder
 
 from polydistill.config import set_offline_environment
-from tiny_models import tiny_pretrained_encoder
 
 set_offline_environment()
 

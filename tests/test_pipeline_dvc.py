@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from conftest import run_dvc, write_params
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 LANGUAGES = ("en", "sl", "zh")
 SYSTEMS = {"teacher", "teacher_transformer", "kd_student", "ce_student", "tfidf"}
