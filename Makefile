@@ -13,6 +13,8 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+# One tracking database for every run, including `dvc exp run --temp` copies.
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # dvc.yaml's stage commands call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 

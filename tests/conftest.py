@@ -130,3 +130,72 @@ def run_dvc(root: Path, *arguments: str) -> subprocess.CompletedProcess:
     """Run the venv's dvc in the repository copy and return the finished process (not checked)."""
     return subprocess.run([str(VENV_BIN / "dvc"), *arguments], cwd=root, env=pipeline_environment(root),
                           capture_output=True, text=True, timeout=900)
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+
+REGISTRY_LANGUAGES = ("en", "sl", "zh")
+
+
+def registry_settings() -> dict:
+    """params.yaml's registry section (the lead's defaults)."""
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["registry"]
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow SQLite database, made once per session (migrations take seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_students(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny, real Hugging Face classifier per language (own seed each), standing in for trained students."""
+    folder = tmp_path_factory.mktemp("students")
+    return {lang: tiny_pretrained_encoder(folder / lang, fixture_texts(), ["negative", "positive"], layers=2,
+                                          seed=index)
+            for index, lang in enumerate(REGISTRY_LANGUAGES)}
+
+
+def write_evaluation(root: Path, lang: str, macro_f1: float, ci: tuple[float, float], retention: float) -> None:
+    """metrics/evaluate/<lang>.json in the evaluate stage's layout, with the KD student's quality as given."""
+    kd = {"n": 40, "accuracy": macro_f1, "macro_f1": macro_f1, "macro_f1_ci_low": ci[0], "macro_f1_ci_high": ci[1],
+          "ece": 0.05, "per_class": {"negative": {"f1": macro_f1, "support": 20}},
+          "confusion_matrix": [[18, 2], [3, 17]]}
+    evaluation = {
+        "lang": lang, "test_rows": 40,
+        "systems": {"kd_student": kd, "teacher": {**kd, "macro_f1": macro_f1 / retention}},
+        "paired": {"retention": {"ratio": retention, "difference": macro_f1 - macro_f1 / retention},
+                   "kd_gain": {"difference": 0.01, "ratio": 1.01}},
+        "efficiency": {"kd_student": {"total_params": 24000, "weights_mb": 0.1, "latency_ms_median": 3.0}},
+        "summary": {"lang": lang, "kd_macro_f1": macro_f1, "retention": retention},
+    }
+    path = root / f"metrics/evaluate/{lang}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(evaluation), encoding="utf-8")
+
+
+@pytest.fixture
+def registry_project(tmp_path: Path, mlflow_db_template: Path, tiny_students: dict[str, Path],
+                     monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder as the register stage sees it: params, students, evaluations, and its own mlflow.db."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "project"
+    params = fixture_params(list(REGISTRY_LANGUAGES))
+    params["registry"] = registry_settings()
+    root.mkdir()
+    write_params(root, params)
+    shutil.copy2(mlflow_db_template, root / "mlflow.db")
+    for lang, student in tiny_students.items():
+        shutil.copytree(student, root / f"models/students/{lang}/kd")
+        write_evaluation(root, lang, 0.80, (0.74, 0.86), 0.95)
+    return root
+
+
+def load_project_params(root: Path) -> dict:
+    return yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))

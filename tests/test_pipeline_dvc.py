@@ -82,7 +82,7 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
     for path in ("metrics/prepare.json", "metrics/balance.json", "metrics/teacher.json", "metrics/evaluate/zh.json"):
         assert path in metrics.stdout
 
-    students_and_after = {f"distill@{lang}" for lang in LANGUAGES} | {"evaluate"}
+    students_and_after = {f"distill@{lang}" for lang in LANGUAGES} | {"evaluate", "register"}
     assert stages_to_rerun(repo_copy, "distill", "temperature", 4.0) == students_and_after
     after_balance = stages_to_rerun(repo_copy, "balance", "alpha", 0.5)
     assert "balance" in after_balance and "train_teacher" in after_balance

@@ -1,0 +1,133 @@
+"""The whole pipeline as one Prefect flow: `dvc pull` (with a remote), `dvc repro`, `dvc push` (with a remote).
+
+DVC decides what is stale; the register stage (last in dvc.yaml) logs to MLflow and runs the promotion gate, so a
+stage that fails (a failed validation, say) ends the flow as failed with the stage's message before the registry is
+touched.
+
+    python -m flows.pipeline run      # one run now
+    python -m flows.pipeline serve    # a deployment with the cron of params.yaml `schedule` (needs a Prefect server)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.logging import get_run_logger
+
+from flows.common import stage_context
+from polydistill.cli import QUIET_PROGRESS
+
+OUTPUT_TAIL_LINES = 80
+STAGE_FAILURE = re.compile(r"^stage \S+ failed:")
+
+
+class PipelineStageFailed(RuntimeError):
+    """`dvc repro` (or pull/push) ended with an error; the message carries the failing stage's own words."""
+
+
+def dvc_executable() -> str:
+    """The DVC of this Python environment, else the one on PATH."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.exists() else "dvc"
+
+
+def dvc_command(root: Path, *arguments: str) -> tuple[int, list[str]]:
+    """Run the DVC CLI in root, echoing its output live; return the exit status and the last lines.
+
+    Its output is a pipe, so progress bars are switched off (unless the environment says otherwise).
+    """
+    command = [dvc_executable(), *arguments]
+    environment = {**QUIET_PROGRESS, **os.environ, "POLYDISTILL_ROOT": str(root)}
+    tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+    with subprocess.Popen(command, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            tail.append(line.rstrip("\n"))
+    return process.returncode, list(tail)
+
+
+def failure_message(arguments: tuple[str, ...], tail: list[str]) -> str:
+    """The failing stage's message (from 'stage X failed:' on) or else the output's last lines."""
+    start = next((index for index, line in enumerate(tail) if STAGE_FAILURE.match(line)), max(len(tail) - 20, 0))
+    return f"dvc {' '.join(arguments)} failed:\n" + "\n".join(tail[start:])
+
+
+def checked_dvc(root: Path, *arguments: str) -> None:
+    status, tail = dvc_command(root, *arguments)
+    if status != 0:
+        raise PipelineStageFailed(failure_message(arguments, tail))
+
+
+def has_remote(root: Path) -> bool:
+    """Whether the repository has a DVC remote configured."""
+    listing = subprocess.run([dvc_executable(), "remote", "list"], cwd=root, capture_output=True, text=True)
+    return bool(listing.stdout.strip())
+
+
+@task(name="dvc-pull", retries=3, retry_delay_seconds=[10, 30, 90])
+def dvc_pull_task(root: Path) -> None:
+    """Fetch cached outputs from the remote (missing ones are simply rebuilt by repro)."""
+    checked_dvc(root, "pull", "--allow-missing")
+
+
+@task(name="dvc-repro")
+def dvc_repro_task(root: Path) -> None:
+    """Bring every stale stage up to date; stages retry their own transient steps (downloads, registry writes)."""
+    checked_dvc(root, "repro")
+
+
+@task(name="dvc-push", retries=3, retry_delay_seconds=[10, 30, 90])
+def dvc_push_task(root: Path) -> None:
+    checked_dvc(root, "push")
+
+
+@flow(name="polydistill-pipeline")
+def pipeline_flow(root: str | None = None) -> dict:
+    """Pull (with a remote), repro, push (with a remote); the register stage logs and promotes."""
+    project = Path(root).resolve() if root else stage_context()[0]
+    remote = has_remote(project)
+    logger = get_run_logger()
+    logger.info("pipeline in %s (DVC remote: %s)", project, "yes" if remote else "none")
+    if remote:
+        dvc_pull_task(project)
+    dvc_repro_task(project)
+    if remote:
+        dvc_push_task(project)
+    registry_report = project / "metrics/registry.json"
+    return {"root": str(project), "remote": remote,
+            "registry": registry_report.read_text(encoding="utf-8") if registry_report.exists() else None}
+
+
+def serve(root: Path, deployment: str, cron: str, timezone: str) -> None:
+    """Serve a deployment of the pipeline with its cron schedule (blocks; runs come from the Prefect server)."""
+    from prefect.schedules import Cron
+
+    pipeline_flow.serve(name=deployment, schedule=Cron(cron, timezone=timezone),
+                        parameters={"root": str(root)}, print_starting_message=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["run", "serve"])
+    action = parser.parse_args().action
+    root, params = stage_context()
+    if action == "serve":
+        schedule = params["schedule"]
+        serve(root, schedule["deployment"], schedule["cron"], schedule["timezone"])
+        return
+    state = pipeline_flow(str(root), return_state=True)
+    if state.is_failed():
+        print(f"\npipeline failed: {state.message}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The `polydistill` command line: run the pipeline, predict, promote/rollback, status, serve, schedule, MLflow UI.
+
+Commands act on the project in POLYDISTILL_ROOT, else the current directory (its params.yaml, mlflow.db, flows/).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from polydistill.config import load_params, project_root, set_offline_environment
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+
+QUIET_PROGRESS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                  "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+STATUS_COLUMNS = (("lang", "lang", "{}"), ("champion", "champion", "{}"), ("challenger", "challenger", "{}"),
+                  ("macro_f1", "macro-F1", "{:.4f}"), ("retention", "retention", "{:.1%}"),
+                  ("weights_mb", "size MB", "{:.1f}"), ("promoted_at", "champion since", "{}"))
+
+
+@app.callback()
+def setup() -> None:
+    """Offline environment; no progress bars when the output is not a terminal (they would flood logs)."""
+    set_offline_environment()
+    if not sys.stdout.isatty():
+        for name, value in QUIET_PROGRESS.items():
+            os.environ.setdefault(name, value)
+
+
+def project() -> tuple[Path, dict[str, Any]]:
+    root = project_root()
+    return root, load_params(root / "params.yaml")
+
+
+def run_module(root: Path, *arguments: str) -> None:
+    """Run `python -m <arguments>` in the project root and exit with its status when it fails."""
+    completed = subprocess.run([sys.executable, "-m", *arguments], cwd=root,
+                               env={**os.environ, "POLYDISTILL_ROOT": str(root)})
+    if completed.returncode != 0:
+        raise typer.Exit(completed.returncode)
+
+
+@app.command()
+def run() -> None:
+    """Run the whole pipeline once as a Prefect flow: dvc pull (with a remote), dvc repro, dvc push."""
+    root, _ = project()
+    run_module(root, "flows.pipeline", "run")
+
+
+@app.command()
+def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+            lang: Annotated[str | None, typer.Option(help="Language of every text (default: detect).")] = None
+            ) -> None:
+    """Classify texts with the champion students (the router picks each text's language unless --lang is given).
+
+    Prints one tab-separated line per text: lang, label, score, student version, text.
+    """
+    from polydistill import registry
+
+    root, params = project()
+    try:
+        rows = registry.predict(root, params["registry"], texts, lang)
+    except registry.RegistryError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    for text, row in zip(texts, rows, strict=True):
+        typer.echo(f"{row['lang']}\t{row['label']}\t{row['score']:.4f}\tv{row['student_version']}\t{text}")
+
+
+def refresh_router(root: Path, params: dict[str, Any]) -> None:
+    from polydistill import registry
+
+    version = registry.register_router(root, params["registry"], params["data"]["languages"])
+    typer.echo(f"router: version {version}" if version else "router: not built (a language has no champion)")
+
+
+@app.command()
+def promote(lang: Annotated[str, typer.Option(help="Language of the student.")],
+            version: Annotated[int | None, typer.Option(help="Version to promote (default: the challenger).")] = None,
+            force: Annotated[bool, typer.Option(help="Promote even if the gate refuses.")] = False) -> None:
+    """Promote a student version to champion if it passes the gate (exit status 1 when refused)."""
+    from polydistill import registry
+
+    root, params = project()
+    result = registry.promote(root, params["registry"], lang, version, force)
+    for reason in result.reasons:
+        typer.echo(f"  {reason}")
+    if not result.promoted:
+        typer.echo(f"{lang}: version {result.version} stays challenger; champion is {result.champion}")
+        raise typer.Exit(1)
+    typer.echo(f"{lang}: version {result.version} is champion (was {result.previous_champion})")
+    refresh_router(root, params)
+
+
+@app.command()
+def rollback(lang: Annotated[str, typer.Option(help="Language of the student.")]) -> None:
+    """Make the previous champion champion again (refused when there is none)."""
+    from polydistill import registry
+
+    root, params = project()
+    try:
+        result = registry.rollback(root, params["registry"], lang)
+    except registry.RegistryError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"{lang}: {result.reasons[0]}")
+    refresh_router(root, params)
+
+
+def format_cell(value: Any, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+@app.command()
+def status() -> None:
+    """A table of each language's champion and challenger with the champion's macro-F1, retention, size, date."""
+    from polydistill import registry
+
+    root, params = project()
+    rows = registry.status(root, params["registry"], params["data"]["languages"])
+    table = [[title for _, title, _ in STATUS_COLUMNS]]
+    table += [[format_cell(row[key], pattern) for key, _, pattern in STATUS_COLUMNS] for row in rows]
+    widths = [max(len(line[column]) for line in table) for column in range(len(STATUS_COLUMNS))]
+    for line in table:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+@app.command()
+def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
+          host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1") -> None:
+    """Serve the champion router over HTTP (mlflow models serve, local environment): POST /invocations."""
+    from polydistill import registry
+
+    root, params = project()
+    settings = params["registry"]
+    model = f"models:/{registry.router_model_name(settings['prefix'])}@{registry.CHAMPION}"
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(root, settings.get("tracking_uri")),
+                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its uvicorn
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model,
+               "--env-manager", "local", "-h", host, "-p", str(port)]
+    typer.echo(" ".join(command), err=True)
+    raise typer.Exit(subprocess.run(command, env=environment).returncode)
+
+
+@app.command()
+def schedule() -> None:
+    """Serve a Prefect deployment of the pipeline with the cron of params.yaml `schedule` (blocks).
+
+    Needs a Prefect server: start one with `prefect server start --host 127.0.0.1` and point PREFECT_API_URL at it
+    (http://127.0.0.1:4200/api). Trigger a run now with `prefect deployment run polydistill-pipeline/<deployment>`.
+    """
+    root, _ = project()
+    run_module(root, "flows.pipeline", "serve")
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+       start: Annotated[bool, typer.Option(help="Start the UI instead of printing the command.")] = False) -> None:
+    """Print (or start) the MLflow UI on the project's tracking store."""
+    from polydistill import registry
+
+    root, params = project()
+    command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
+               registry.tracking_uri(root, params["registry"].get("tracking_uri")), "-h", "127.0.0.1",
+               "-p", str(port)]
+    typer.echo(" ".join(command))
+    if start:
+        raise typer.Exit(subprocess.run(command).returncode)
+
+
+if __name__ == "__main__":
+    app()
