@@ -18,13 +18,13 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # dvc.yaml's stage commands call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast clean bench bench-quick
 
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[test]"
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[test,bench]"
 	test -d .dvc || $(BIN)/dvc init --quiet
 	touch $(STAMP)
 
@@ -39,3 +39,9 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV)
+
+bench: setup
+	$(BIN)/python -m bench
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick

@@ -1,0 +1,1 @@
+"""polydistill benchmarks: `python -m bench` (see bench/__main__.py and BENCHMARKS.md)."""

@@ -1,0 +1,120 @@
+"""The bench package's pure helpers: summaries, ratios, targets, interleaving, FLOP formula, layers, rendering."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.__main__ import parse_arguments  # noqa: E402
+from bench.ablations import spread_layers  # noqa: E402
+from bench.common import format_summary, interleave, paired_ratios, summarize, target  # noqa: E402
+from bench.loop import training_flops  # noqa: E402
+from bench.quality import language_row, with_interval  # noqa: E402
+from bench.report import markdown_table, render_benchmarks, render_result  # noqa: E402
+
+MACHINE = {"cpu_model": "Test CPU", "cores": 2, "torch_threads": 2, "load_average_1m": 0.5, "python": "3.11",
+           "torch": "2.13.0", "transformers": "5.24.0"}
+
+
+def test_summary_is_median_min_max() -> None:
+    assert summarize([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0, "n": 4}
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_ratios_pair_repeats_before_summarising() -> None:
+    ratios = paired_ratios([10.0, 12.0, 9.0], [2.0, 3.0, 1.0])
+    assert ratios == {"median": 5.0, "min": 4.0, "max": 9.0, "n": 3}
+    with pytest.raises(ValueError):
+        paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_format_summary_shows_the_range_only_for_repeats() -> None:
+    assert format_summary({"median": 5.312, "min": 5.02, "max": 5.6, "n": 3}, ".2f", "x") == "5.31x (5.02–5.60)"
+    assert format_summary({"median": 5.312, "min": 5.312, "max": 5.312, "n": 1}, ".1f") == "5.3"
+
+
+def test_target_margin_sign_follows_the_direction() -> None:
+    met = target("a/b", 6.0, 5.0)
+    assert met["meets"] and met["margin"] == 1.0 and met["operator"] == ">="
+    missed = target("latency", 12.0, 10.0, higher_is_better=False)
+    assert not missed["meets"] and missed["margin"] == -2.0 and missed["operator"] == "<="
+
+
+def test_interleave_rotates_the_order_each_repeat() -> None:
+    calls: list[str] = []
+
+    def contender(name: str):
+        def call() -> dict:
+            calls.append(name)
+            return {"index": len(calls)}
+        return call
+
+    runs = interleave({name: contender(name) for name in "abc"}, repeats=3)
+    assert calls == list("abc" "bca" "cab")
+    assert [entry["index"] for entry in runs["a"]] == [1, 6, 8]
+
+
+def test_training_flops_follow_the_stated_formula() -> None:
+    # 6·N·L + 12·n_layers·d·L²
+    assert training_flops(1000, 2, 8, 10) == 6 * 1000 * 10 + 12 * 2 * 8 * 100
+    assert training_flops(7_000_000, 4, 384, 32) == pytest.approx(6 * 7e6 * 32 + 12 * 4 * 384 * 32**2)
+    assert training_flops(1000, 2, 8, 20) > 2 * training_flops(1000, 2, 8, 10)  # attention grows with L²
+
+
+def test_spread_layers_keeps_first_and_last() -> None:
+    assert spread_layers(2, 12) == [0, 11]
+    assert spread_layers(3, 12) == [0, 6, 11]
+    assert spread_layers(4, 12) == [0, 4, 7, 11]
+    assert spread_layers(1, 12) == [11]
+
+
+def test_quality_row_formats_intervals() -> None:
+    system = {"macro_f1": 0.8, "macro_f1_ci_low": 0.75, "macro_f1_ci_high": 0.85}
+    evaluation = {"lang": "sl", "test_rows": 230,
+                  "systems": {name: system for name in ("teacher", "kd_student", "ce_student", "tfidf")},
+                  "paired": {"retention": {"ratio": 0.975, "ratio_ci_low": 0.95, "ratio_ci_high": 1.0},
+                             "kd_gain": {"difference": 0.012, "difference_ci_low": -0.01, "difference_ci_high": 0.03}}}
+    row = language_row(evaluation)
+    assert row[:3] == ["sl", "230", "0.800 [0.750, 0.850]"]
+    assert row[-2:] == ["97.5% [95.0%, 100.0%]", "+0.012 [-0.010, +0.030]"]
+    assert with_interval(1, 0, 2, ".0f") == "1 [0, 2]"
+
+
+def test_markdown_table_escapes_pipes_and_marks_missing_cells() -> None:
+    table = markdown_table(["a", "b"], [["x|y", None]])
+    assert table == "| a | b |\n|---|---|\n| x\\|y | – |\n"
+
+
+def result(name: str, value: float, threshold: float) -> dict:
+    return {"name": name, "title": f"{name} title", "mode": "quick", "command": "python -m bench --quick",
+            "seconds": 12.0, "finished": "2026-01-01 00:00 UTC",
+            "tables": [{"title": "numbers", "columns": ["k", "v"], "rows": [["x", value]]}],
+            "targets": [target(f"{name} ratio", value, threshold, unit="x")], "notes": ["a note"]}
+
+
+def test_benchmarks_markdown_has_machine_command_targets_and_sections_in_order() -> None:
+    text = render_benchmarks([result("speed", 8.0, 10.0), result("loop", 6.0, 5.0)], MACHINE,
+                             "python -m bench --quick")
+    assert "Test CPU, 2 cores, torch threads 2" in text and "`python -m bench --quick`" in text
+    assert "| loop title | loop ratio >= 5x | 6x | meets | +1x |" in text
+    assert "| speed title | speed ratio >= 10x | 8x | **misses** | -2x |" in text
+    assert text.index("## loop title") < text.index("## speed title")
+    assert "- speed ratio: 8x >= 10x — **misses** (margin -2x)" in text
+
+
+def test_skipped_result_renders_its_reason() -> None:
+    skipped = {"name": "quality", "title": "3. KD gain", "skipped": "no metrics yet", "mode": "quick"}
+    assert "Skipped: no metrics yet" in render_result(skipped)
+    assert "== 3. KD gain ==" in render_result(skipped, markdown=False)
+
+
+def test_only_selects_known_benchmarks() -> None:
+    assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
+    assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations"]
+    with pytest.raises(SystemExit):
+        parse_arguments(["--only", "nonsense"])
