@@ -66,6 +66,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> bool:
+    """Poll url until it answers (True), the process exits or the timeout passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Prefect server on a free loopback port for every flow the tests start (saves a start per stage)."""
@@ -76,14 +88,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                str(port), "--no-ui", "--no-services"], env=environment, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not wait_for_http(f"{url}/health", 90, server):
         server.terminate()
         raise RuntimeError(f"Prefect server did not start: {(home / 'server.log').read_text()}")
     previous = os.environ.get("PREFECT_API_URL")

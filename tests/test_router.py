@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +20,7 @@ from conftest import (
     fixture_params,
     free_port,
     registry_settings,
+    wait_for_http,
     write_evaluation,
     write_params,
 )
@@ -116,15 +116,7 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
                                   stdout=log, stderr=log, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, log_path.read_text()
-                time.sleep(0.5)
-        else:
+        if not wait_for_http(f"{base}/ping", 120, server):
             pytest.fail(f"server did not start: {log_path.read_text()}")
 
         status, body = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")})
