@@ -20,6 +20,8 @@ from tiny_models import tiny_pretrained_encoder
 from polydistill.config import set_offline_environment
 
 set_offline_environment()
+# `make test` exports the project's tracking URI; tests must never register into the project's own registry.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
