@@ -53,8 +53,9 @@ def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dic
 
     frames = {split: pd.read_parquet(path) for split, path in split_paths.items()}
     report = generate_soft_labels(teacher_dir, tfidf_dir, frames, output_dir, settings, labels)
-    get_run_logger().info("ensemble weights %s; validation macro-F1 %s", report["ensemble"]["weights"],
-                          report["ensemble"]["validation_macro_f1"])
+    ensemble = report["ensemble"]
+    get_run_logger().info("ensemble weights %s; validation macro-F1 %s; validation log-loss %s",
+                          ensemble["weights"], ensemble["validation_macro_f1"], ensemble["validation_log_loss"])
     return report
 
 

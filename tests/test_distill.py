@@ -87,3 +87,13 @@ def test_independent_mode_fine_tunes_a_language_teacher_first(workspace: dict[st
     fingerprint = json.loads((tmp_path / "students/en/soft_labels/fingerprint.json").read_text(encoding="utf-8"))
     assert fingerprint["rows"]["transfer"]["rows"] == report["kd"]["train_rows"]
     assert set(fingerprint["ensemble"]["weights"]) == {"en"}
+
+
+def test_a_new_temperature_retrains_only_the_kd_student(workspace: dict[str, Path], tmp_path: Path) -> None:
+    first = run(workspace, tmp_path, "zh", distill_settings(mode="shared", temperature=2.0))
+    second = run(workspace, tmp_path, "zh", distill_settings(mode="shared", temperature=4.0))
+    runs = tmp_path / "runs"
+    assert len(list(runs.glob("student-zh-kd-*"))) == 2
+    assert len(list(runs.glob("student-zh-ce-*"))) == 1
+    assert second["ce"] == first["ce"]  # the finished CE run was found, history and timings included
+    assert (tmp_path / "students/zh/ce/model.safetensors").exists()

@@ -10,7 +10,14 @@ import pytest
 from conftest import fixture_texts
 from tiny_models import tiny_pretrained_encoder
 
-from polydistill.soft_labels import SoftLabelMismatch, generate_soft_labels, load_soft_labels, mix, teacher_fingerprint
+from polydistill.soft_labels import (
+    SoftLabelMismatch,
+    choose_weight,
+    generate_soft_labels,
+    load_soft_labels,
+    mix,
+    teacher_fingerprint,
+)
 from polydistill.tfidf import fit_baselines
 
 LABELS = ["negative", "positive"]
@@ -54,6 +61,21 @@ def test_logits_are_stored_per_row_with_ensemble_weights(generated: dict) -> Non
     tfidf = np.exp(load_soft_labels(soft, "transfer", transfer, expected, "tfidf_log_probs")[english])
     weight = generated["report"]["ensemble"]["weights"]["en"]
     np.testing.assert_allclose(logits[english], mix(transformer, tfidf, weight), atol=1e-5)
+
+
+def test_weight_minimises_validation_log_loss_not_accuracy() -> None:
+    labels = np.array([0, 0, 1, 1])
+    # The transformer is right on every text but barely; TF-IDF is confidently right on three and wrong on one.
+    transformer = np.log(np.array([[0.55, 0.45], [0.55, 0.45], [0.45, 0.55], [0.45, 0.55]]))
+    tfidf = np.array([[0.99, 0.01], [0.99, 0.01], [0.01, 0.99], [0.99, 0.01]])
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    weight, loss = choose_weight(labels, transformer, tfidf, grid)
+    losses = {w: -mix(transformer, tfidf, w)[np.arange(4), labels].mean() for w in grid}
+    assert loss == pytest.approx(min(losses.values()), abs=1e-6)
+    assert weight == min(losses, key=losses.get)
+    assert 0.0 < weight < 1.0  # neither member alone: the mix is better calibrated than both
+    tied = np.zeros((4, 2))
+    assert choose_weight(labels, tied, np.full((4, 2), 0.5), grid)[0] == 1.0  # ties go to the transformer
 
 
 def test_a_different_teacher_is_refused(generated: dict, tmp_path: Path) -> None:

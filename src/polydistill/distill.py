@@ -29,6 +29,7 @@ from polydistill.teacher import encode_frame, fine_tune, run_key
 from polydistill.training import Batch, TrainSettings, train_classifier
 
 VARIANTS = ("kd", "ce")
+KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read
 
 
 def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],
@@ -165,8 +166,7 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     report["unknown_token_rate_test"] = _unknown_rate(output / "initial", frames["test"]["text"].tolist())
     for variant in VARIANTS:
         loss = _loss_for(variant, settings, teacher_dir, output / "initial", info)
-        key = run_key({**settings, "variant": variant, "lang": lang}, output / "initial" / "model.safetensors",
-                      paths["transfer"], soft_dir / "fingerprint.json")
+        key = _student_run_key(variant, lang, settings, output / "initial", paths["transfer"], soft_dir)
         report[variant] = train_student(output / "initial", frames["transfer"],
                                         transfer_logits if variant == "kd" else None, frames["validation"],
                                         output / variant, paths["work"] / f"student-{lang}-{variant}-{key}",
@@ -175,6 +175,20 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     paths["metrics"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_dir: Path, transfer: Path,
+                     soft_dir: Path) -> str:
+    """The checkpoint key of one student run: what its result depends on, nothing more.
+
+    The CE-only student ignores the soft labels and the KD settings, so changing the temperature, alpha or the
+    hidden-state weight finds its finished run and does not train it again.
+    """
+    if variant == "ce":
+        relevant = {name: value for name, value in settings.items() if name not in KD_ONLY_SETTINGS}
+        return run_key({**relevant, "variant": variant, "lang": lang}, initial_dir / "model.safetensors", transfer)
+    return run_key({**settings, "variant": variant, "lang": lang}, initial_dir / "model.safetensors", transfer,
+                   soft_dir / "fingerprint.json")
 
 
 def _expected(teacher_dir: Path, labels: list[str], max_length: int) -> dict[str, Any]:
