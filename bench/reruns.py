@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,54 +18,20 @@ import yaml
 from bench.common import REPO_ROOT, format_summary, summarize
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from conftest import fixture_params, fixture_texts, free_port, repository_files  # noqa: E402
+from harness import (  # noqa: E402
+    VENV_BIN,
+    copy_repository,
+    fixture_params,
+    fixture_texts,
+    running_prefect_server,
+    write_params,
+)
 from tiny_models import tiny_pretrained_encoder  # noqa: E402
 
 LANGUAGES = ["en", "sl", "zh"]
 SIZES = {"quick": {"noop_repeats": 1, "temperatures": [3.0]},
          "full": {"noop_repeats": 3, "temperatures": [3.0, 4.0]}}
-VENV_BIN = Path(sys.executable).parent
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
-
-
-def copy_repository(target: Path, teacher_dir: Path) -> None:
-    """The working tree's files as a fresh git repository, params.yaml set to the fixture configuration."""
-    for name in repository_files():
-        destination = target / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, destination)
-    (target / "dvc.lock").unlink(missing_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
-    write_params(target, fixture_params(LANGUAGES, teacher_dir))
-
-
-def write_params(root: Path, params: dict) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-
-
-@contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """One Prefect server on a free loopback port for every stage (instead of a temporary server per flow)."""
-    port = free_port()
-    environment = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    with open(home / "server.log", "w") as log:
-        server = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                   str(port), "--no-ui", "--no-services"], env=environment, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def repro(root: Path, api_url: str) -> dict[str, Any]:
@@ -98,9 +60,9 @@ def run(quick: bool) -> dict[str, Any]:
         scratch = Path(scratch)
         teacher = tiny_pretrained_encoder(scratch / "tiny-teacher", fixture_texts(), ["negative", "positive"])
         root = scratch / "repo"
-        copy_repository(root, teacher)
+        copy_repository(root, fixture_params(LANGUAGES, teacher))
         (scratch / "prefect").mkdir()
-        with prefect_server(scratch / "prefect") as api_url:
+        with running_prefect_server(scratch / "prefect", timeout=120) as api_url:
             full = repro(root, api_url)
             noops = [repro(root, api_url) for _ in range(sizes["noop_repeats"])]
             reruns = []

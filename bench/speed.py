@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,9 @@ import pandas as pd
 
 from bench.common import REPO_ROOT, format_summary, interleave, load_project_params, paired_ratios, require, target
 from polydistill.metrics import measure_speed, model_size
+
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+from harness import free_port, wait_for_http  # noqa: E402
 
 SIZES = {
     "quick": {"repeats": 2, "latency_repeats": 10, "throughput_texts": 64, "warmup": 2,
@@ -80,12 +82,6 @@ def language_rows(comparison: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def champion_router(params: dict[str, Any]) -> tuple[str | None, str]:
     """(tracking URI, why not) of the champion router: URI None with the reason when there is none."""
     from polydistill import registry
@@ -125,15 +121,10 @@ def serve_router(uri: str, params: dict[str, Any], port: int, log_path: Path) ->
         server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model,
                                    "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                                   env=environment, stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-            return server
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited: {log_path.read_text()[-2000:]}")
-            time.sleep(1)
+    if wait_for_http(f"http://127.0.0.1:{port}/ping", SERVER_START_SECONDS, server):
+        return server
+    if server.poll() is not None:
+        raise RuntimeError(f"mlflow models serve exited: {log_path.read_text()[-2000:]}")
     os.killpg(server.pid, signal.SIGTERM)
     raise RuntimeError(f"mlflow models serve did not answer /ping in {SERVER_START_SECONDS} s")
 

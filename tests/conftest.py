@@ -5,16 +5,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from harness import (  # noqa: F401  (re-exported: the test modules import these from conftest)
+    FIXTURES,
+    REPO_ROOT,
+    VENV_BIN,
+    copy_repository,
+    fixture_params,
+    fixture_texts,
+    free_port,
+    repository_files,
+    running_prefect_server,
+    wait_for_http,
+    write_params,
+)
 from tiny_models import tiny_pretrained_encoder
 
 from polydistill.config import set_offline_environment
@@ -22,37 +31,6 @@ from polydistill.config import set_offline_environment
 set_offline_environment()
 # `make test` exports the project's tracking URI; tests must never register into the project's own registry.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-VENV_BIN = Path(sys.executable).parent
-
-
-def repository_files() -> list[str]:
-    """Tracked and untracked-but-not-ignored files: what a fresh clone plus local edits would hold."""
-    listing = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
-                             capture_output=True, text=True).stdout
-    return [name for name in listing.splitlines() if (REPO_ROOT / name).is_file()]
-
-
-def fixture_texts() -> list[str]:
-    return [json.loads(line)["text"] for line in (FIXTURES / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
-
-
-def fixture_params(languages: list[str], teacher_dir: Path | None = None) -> dict:
-    """params.yaml pointed at the fixture corpus and a tiny teacher, with sizes and thresholds that fit them."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["data"].update(source="file", path="tests/fixtures/corpus.jsonl", languages=languages)
-    params["validate"].update(min_rows_per_language=30, min_rows_per_label=10)
-    params["balance"].update(teacher_size=200, transfer_size=150)
-    params["baseline"].update(min_df=1, c_grid=[1.0, 4.0])
-    quick = {"eval_every": 5, "checkpoint_every": 5, "learning_rate": 1e-3, "batch_size": 8}
-    params["teacher"].update(quick, model=str(teacher_dir), epochs=2, freeze_word_embeddings=False)
-    params["distill"]["student"]["layers"] = [0, 2]
-    params["distill"]["train"].update(quick)
-    params["distill"]["independent_teacher"].update(quick)
-    params["evaluate"].update(bootstrap_samples=200, latency_repeats=5, throughput_texts=32, warmup=1)
-    return params
 
 
 @pytest.fixture(scope="session")
@@ -62,65 +40,23 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                    ["negative", "positive"])
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> bool:
-    """Poll url until it answers (True), the process exits or the timeout passes (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return True
-        except OSError:
-            time.sleep(0.5)
-    return False
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real Prefect server on a free loopback port for every flow the tests start (saves a start per stage)."""
-    home = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    environment = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port), "--no-ui", "--no-services"], env=environment, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/api"
-    if not wait_for_http(f"{url}/health", 90, server):
-        server.terminate()
-        raise RuntimeError(f"Prefect server did not start: {(home / 'server.log').read_text()}")
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url  # flows started by the tests report here instead of starting a server
-    yield url
-    if previous is None:
-        os.environ.pop("PREFECT_API_URL")
-    else:
-        os.environ["PREFECT_API_URL"] = previous
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    """One real Prefect server for every flow the tests start (saves a temporary server per stage)."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect")) as url:
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # flows started by the tests report here instead of starting a server
+        yield url
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL")
+        else:
+            os.environ["PREFECT_API_URL"] = previous
 
 
 @pytest.fixture
 def repo_copy(tmp_path: Path, tiny_teacher: Path, prefect_server: str) -> Path:
     """A copy of the working tree as its own git repository, params.yaml set for the fixture corpus."""
-    copy = tmp_path / "repo"
-    for name in repository_files():
-        target = copy / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, target)
-    (copy / "dvc.lock").unlink(missing_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
-    write_params(copy, fixture_params(["en", "sl", "zh"], tiny_teacher))
-    return copy
-
-
-def write_params(root: Path, params: dict) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return copy_repository(tmp_path / "repo", fixture_params(["en", "sl", "zh"], tiny_teacher))
 
 
 def pipeline_environment(root: Path) -> dict[str, str]:
