@@ -184,11 +184,12 @@ def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_
     The CE-only student ignores the soft labels and the KD settings, so changing the temperature, alpha or the
     hidden-state weight finds its finished run and does not train it again.
     """
+    inputs = [initial_dir / "model.safetensors", transfer]
     if variant == "ce":
-        relevant = {name: value for name, value in settings.items() if name not in KD_ONLY_SETTINGS}
-        return run_key({**relevant, "variant": variant, "lang": lang}, initial_dir / "model.safetensors", transfer)
-    return run_key({**settings, "variant": variant, "lang": lang}, initial_dir / "model.safetensors", transfer,
-                   soft_dir / "fingerprint.json")
+        settings = {name: value for name, value in settings.items() if name not in KD_ONLY_SETTINGS}
+    else:
+        inputs.append(soft_dir / "fingerprint.json")
+    return run_key({**settings, "variant": variant, "lang": lang}, *inputs)
 
 
 def _expected(teacher_dir: Path, labels: list[str], max_length: int) -> dict[str, Any]:
