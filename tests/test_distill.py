@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO_ROOT, fixture_texts
-from tiny_models import tiny_pretrained_encoder
+from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 from transformers import AutoModelForSequenceClassification
 
 from polydistill.distill import distill_language
@@ -42,8 +42,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["teacher_set"] = paths["train"]
     paths["teacher"] = tiny_pretrained_encoder(root / "teacher", texts, LABELS)
     fit_baselines(paths["train"], paths["validation"], root / "tfidf", root / "tfidf.json", LABELS,
-                  {"analyzer": "char_wb", "ngram_range": [1, 3], "min_df": 1, "max_features": 5000, "c_grid": [1.0],
-                   "max_iter": 500, "seed": 0})
+                  TINY_TFIDF_SETTINGS)
     paths["tfidf"] = root / "tfidf"
     soft_frames = {name: frames[name] for name in ("transfer", "validation", "test")}
     generate_soft_labels(paths["teacher"], paths["tfidf"], soft_frames, root / "soft", SOFT, LABELS)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import fixture_texts
-from tiny_models import tiny_pretrained_encoder
+from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 
 from polydistill.soft_labels import (
     SoftLabelMismatch,
@@ -22,8 +22,6 @@ from polydistill.tfidf import fit_baselines
 
 LABELS = ["negative", "positive"]
 SETTINGS = {"max_length": 32, "batch_size": 8, "threads": 1, "weight_grid": [0.0, 0.5, 1.0]}
-TFIDF = {"analyzer": "char_wb", "ngram_range": [1, 3], "min_df": 1, "max_features": 5000, "c_grid": [1.0],
-         "max_iter": 500, "seed": 0}
 
 
 def frame(rows: int, offset: int) -> pd.DataFrame:
@@ -42,7 +40,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for name, split in splits.items():
         split.to_parquet(root / f"{name}.parquet")
     fit_baselines(root / "transfer.parquet", root / "validation.parquet", root / "tfidf", root / "tfidf.json",
-                  LABELS, TFIDF)
+                  LABELS, TINY_TFIDF_SETTINGS)
     report = generate_soft_labels(teacher, root / "tfidf", splits, root / "soft", SETTINGS, LABELS)
     return {"root": root, "teacher": teacher, "splits": splits, "report": report}
 

@@ -13,6 +13,9 @@ from transformers import BertConfig, BertForSequenceClassification, PreTrainedTo
 
 from polydistill.student import WORD_BOUNDARY
 
+TINY_TFIDF_SETTINGS = {"analyzer": "char_wb", "ngram_range": [1, 3], "min_df": 1, "max_features": 5000,
+                       "c_grid": [1.0], "max_iter": 500, "seed": 0, "cv_folds": 2}
+
 
 def xlmr_style_tokenizer(texts: list[str], vocab_size: int) -> dict:
     """Train a Unigram tokenizer and lay it out like XLM-R: <s> <pad> </s> <unk> first, <mask> last."""

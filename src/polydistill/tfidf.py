@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
 
 
 @dataclass
@@ -38,6 +40,23 @@ def make_vectorizer(settings: dict[str, Any], vocabulary: dict[str, int] | None 
                            sublinear_tf=True, lowercase=True, vocabulary=vocabulary, dtype=np.float32)
 
 
+def make_classifier(settings: dict[str, Any], c: float) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=settings["max_iter"], random_state=settings["seed"])
+
+
+def cross_validated_macro_f1(texts: list[str], labels: np.ndarray, settings: dict[str, Any],
+                             c: float) -> tuple[float, float]:
+    """Mean and standard deviation of macro-F1 over settings["cv_folds"] stratified folds of the train split.
+
+    The vectorizer is refitted inside each fold. This is how much the baseline's score moves with the draw of
+    held-out text, which the one small test split of a small language cannot show.
+    """
+    folds = StratifiedKFold(n_splits=settings["cv_folds"], shuffle=True, random_state=settings["seed"])
+    scores = cross_val_score(make_pipeline(make_vectorizer(settings), make_classifier(settings, c)),
+                             np.asarray(texts, dtype=object), labels, cv=folds, scoring="f1_macro")
+    return float(scores.mean()), float(scores.std())
+
+
 def fit_language(train_texts: list[str], train_labels: np.ndarray, validation_texts: list[str],
                  validation_labels: np.ndarray, settings: dict[str, Any]) -> tuple[TfidfModel, float, float]:
     """Fit on train, pick C from settings["c_grid"] by validation macro-F1; returns model, C and its score."""
@@ -46,7 +65,7 @@ def fit_language(train_texts: list[str], train_labels: np.ndarray, validation_te
     validation_matrix = vectorizer.transform(validation_texts)
     best: tuple[float, float, LogisticRegression] | None = None
     for c in settings["c_grid"]:
-        classifier = LogisticRegression(C=c, max_iter=settings["max_iter"], random_state=settings["seed"])
+        classifier = make_classifier(settings, c)
         classifier.fit(train_matrix, train_labels)
         score = f1_score(validation_labels, classifier.predict(validation_matrix), average="macro")
         if best is None or score > best[0]:
@@ -84,17 +103,19 @@ def load_model(directory: Path) -> TfidfModel:
 
 def fit_baselines(train_path: Path, validation_path: Path, output_dir: Path, metrics_path: Path,
                   labels: list[str], settings: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Fit, select and save one baseline per language; write validation macro-F1 and chosen C as metrics."""
+    """Fit, select and save one baseline per language; write its validation and cross-validated macro-F1 and C."""
     label_ids = {label: index for index, label in enumerate(labels)}
     train, validation = pd.read_parquet(train_path), pd.read_parquet(validation_path)
     metrics: dict[str, dict[str, float]] = {}
     for lang in sorted(train["lang"].unique()):
         rows, held_out = train[train["lang"] == lang], validation[validation["lang"] == lang]
-        model, c, score = fit_language(rows["text"].tolist(), rows["label"].map(label_ids).to_numpy(),
-                                       held_out["text"].tolist(), held_out["label"].map(label_ids).to_numpy(),
-                                       settings)
+        texts, gold = rows["text"].tolist(), rows["label"].map(label_ids).to_numpy()
+        model, c, score = fit_language(texts, gold, held_out["text"].tolist(),
+                                       held_out["label"].map(label_ids).to_numpy(), settings)
         save_model(model, output_dir / lang, settings)
+        cv_mean, cv_std = cross_validated_macro_f1(texts, gold, settings, c)
         metrics[lang] = {"validation_macro_f1": round(score, 5), "C": c,
+                         "train_cv_macro_f1": round(cv_mean, 5), "train_cv_macro_f1_std": round(cv_std, 5),
                          "features": len(model.vectorizer.vocabulary_)}
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
