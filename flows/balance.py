@@ -1,4 +1,4 @@
-"""Stage flow: language-balanced teacher and transfer sets from the train split."""
+"""Stage flow: the language-balanced teacher set from the train split."""
 
 from prefect import flow
 

@@ -12,6 +12,7 @@ def evaluate_flow() -> list[dict]:
     paths = {
         "teacher": root / "models/teacher",
         "tfidf": root / "models/tfidf",
+        "teacher_tfidf": root / "models/tfidf" if params["soft_labels"]["ensemble"] else None,
         "soft_labels": root / "data/soft_labels",
         "students": root / "models/students",
         "test": root / "data/prepared/test.parquet",

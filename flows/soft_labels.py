@@ -10,11 +10,12 @@ from tasks.model import soft_labels_task
 def soft_labels_flow() -> dict:
     root, params = stage_context()
     settings = params["soft_labels"]
-    splits = {"transfer": root / "data/balanced/transfer.parquet",
+    splits = {"transfer": root / "data/transfer/transfer.parquet",
               "validation": root / "data/prepared/validation.parquet",
               "test": root / "data/prepared/test.parquet"}
     tfidf = root / "models/tfidf" if settings["ensemble"] else None
-    return soft_labels_task(root / "models/teacher", tfidf, splits, root / "data/soft_labels", settings,
+    return soft_labels_task(root / "models/teacher", tfidf, splits, root / "data/prepared/train.parquet",
+                            root / "data/soft_labels", root / "metrics/soft_labels.json", settings,
                             params["data"]["labels"])
 
 

@@ -46,13 +46,15 @@ def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_
 
 
 @task(name="soft_labels")
-def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path], output_dir: Path,
-                     settings: dict[str, Any], labels: list[str]) -> dict:
+def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path], train_path: Path,
+                     output_dir: Path, metrics_path: Path, settings: dict[str, Any], labels: list[str]) -> dict:
     """Teacher logits for the transfer, validation and test sets, with the teacher's fingerprint."""
-    from polydistill.soft_labels import generate_soft_labels
+    from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels, write_soft_label_metrics
 
     frames = {split: pd.read_parquet(path) for split, path in split_paths.items()}
-    report = generate_soft_labels(teacher_dir, tfidf_dir, frames, output_dir, settings, labels)
+    report = generate_soft_labels(teacher_dir, tfidf_dir, frames, pd.read_parquet(train_path), output_dir,
+                                  SoftLabelSettings.from_params(settings), labels)
+    write_soft_label_metrics(report, metrics_path)
     ensemble = report["ensemble"]
     get_run_logger().info("ensemble weights %s; validation macro-F1 %s; validation log-loss %s",
                           ensemble["weights"], ensemble["validation_macro_f1"], ensemble["validation_log_loss"])
@@ -64,8 +66,9 @@ def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], so
                  labels: list[str]) -> dict:
     """Distil the KD student and train the CE-only student of one language."""
     from polydistill.distill import distill_language
+    from polydistill.soft_labels import SoftLabelSettings
 
-    report = distill_language(lang, paths, settings, soft_label_settings, labels)
+    report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(soft_label_settings), labels)
     get_run_logger().info("%s students: KD best %.4f, CE best %.4f (validation macro-F1), %d params", lang,
                           report["kd"]["best_validation_macro_f1"], report["ce"]["best_validation_macro_f1"],
                           report["student"]["total_params"])

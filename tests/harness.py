@@ -41,7 +41,9 @@ def fixture_params(languages: list[str], teacher_dir: Path | None = None) -> dic
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["data"].update(source="file", path="tests/fixtures/corpus.jsonl", languages=languages)
     params["validate"].update(min_rows_per_language=30, min_rows_per_label=10)
-    params["balance"].update(teacher_size=200, transfer_size=150)
+    params["balance"].update(teacher_size=200)
+    params["unlabelled"].update(source="file", path="tests/fixtures/unlabelled.jsonl")
+    params["transfer"].update(size=300)
     params["baseline"].update(min_df=1, c_grid=[1.0, 4.0])
     quick = {"eval_every": 5, "checkpoint_every": 5, "learning_rate": 1e-3, "batch_size": 8}
     params["teacher"].update(quick, model=str(teacher_dir), epochs=2, freeze_word_embeddings=False)

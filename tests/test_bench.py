@@ -115,6 +115,23 @@ def test_skipped_result_renders_its_reason() -> None:
 
 def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
-    assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations"]
+    assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
+                                           "transfer_sources"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
+
+
+def test_transfer_source_configurations_keep_the_size_and_drop_one_source_at_a_time() -> None:
+    import pandas as pd
+
+    from bench.transfer_sources import CONFIGURATIONS, configuration_sets
+
+    sources = ["labelled"] * 4 + ["unlabelled:news"] * 3 + ["augmented"] * 2
+    transfer = pd.DataFrame({"id": [f"r{i}" for i in range(9)], "source": sources, "lang": "es"})
+    labelled_only = pd.DataFrame({"id": [f"r{i % 4}" for i in range(9)], "source": "labelled", "lang": "es"})
+    sets = configuration_sets(transfer, labelled_only, seed=0)
+    assert list(sets) == list(CONFIGURATIONS) and all(len(frame) == 9 for frame in sets.values())
+    assert set(sets[CONFIGURATIONS[0]]["source"]) == {"labelled"}
+    plus_unlabelled = sets[CONFIGURATIONS[1]]["source"].value_counts().to_dict()
+    assert plus_unlabelled == {"labelled": 6, "unlabelled:news": 3}
+    assert sets[CONFIGURATIONS[2]]["source"].tolist() == sources

@@ -14,11 +14,13 @@ from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 from transformers import AutoModelForSequenceClassification
 
 from polydistill.distill import distill_language
-from polydistill.soft_labels import generate_soft_labels
+from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels
 from polydistill.tfidf import fit_baselines
+from polydistill.transfer import TransferSettings, compose_transfer
 
 LABELS = ["negative", "positive"]
-SOFT = {"max_length": 32, "batch_size": 16, "threads": 1, "weight_grid": [0.0, 0.5, 1.0], "ensemble": True}
+SOFT = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32, batch_size=16,
+                         threads=1)
 QUICK = {"eval_every": 4, "checkpoint_every": 4, "batch_size": 8, "epochs": 1, "eval_rows_per_language": 0}
 
 
@@ -35,7 +37,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frames = {"train": split(texts[:180], langs[:180], "train"),
               "validation": split(texts[180:240], langs[180:240], "val"),
               "test": split(texts[240:], langs[240:], "test")}
-    frames["transfer"] = frames["train"]
+    unlabelled = pd.DataFrame({"text": [f"{text} {text[::-1]}" for text in texts[:40]], "lang": langs[:40],
+                               "source": "fixture-unlabelled", "in_domain": False})
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["transfer"]
+    settings = TransferSettings.from_params({**params, "size": 240})
+    held_out = pd.concat([frames["validation"], frames["test"]])
+    frames["transfer"], frames["pool"], _ = compose_transfer(frames["train"], held_out, unlabelled, settings)
+    frames["labelled_transfer"], _, _ = compose_transfer(frames["train"], held_out, unlabelled,
+                                                         TransferSettings.from_params({**params, "size": 240,
+                                                                                       "sources": []}))
     paths = {name: root / f"{name}.parquet" for name in frames}
     for name, frame in frames.items():
         frame.to_parquet(paths[name])
@@ -45,7 +55,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                   TINY_TFIDF_SETTINGS)
     paths["tfidf"] = root / "tfidf"
     soft_frames = {name: frames[name] for name in ("transfer", "validation", "test")}
-    generate_soft_labels(paths["teacher"], paths["tfidf"], soft_frames, root / "soft", SOFT, LABELS)
+    generate_soft_labels(paths["teacher"], paths["tfidf"], soft_frames, frames["train"], root / "soft", SOFT, LABELS)
     paths["soft_labels"] = root / "soft"
     return paths
 
@@ -76,6 +86,16 @@ def test_shared_mode_with_hidden_state_matching(workspace: dict[str, Path], tmp_
     assert student.config.num_hidden_layers == 2
     assert not any(name.startswith("hidden_projector") for name in student.state_dict())
     assert not (tmp_path / "students/zh/initial").exists()
+    assert set(report["transfer_rows"]) == {"labelled", "unlabelled", "augmented"}
+    assert report["kd"]["train_rows"] > report["transfer_rows"]["labelled"]
+    assert report["ce"]["train_rows"] == report["kd"]["train_rows"]  # same size, labelled rows only
+    assert 0 < report["segmentation"]["test"]["identical_share"] <= 1
+
+
+def test_the_ce_student_never_sees_unlabelled_rows(workspace: dict[str, Path]) -> None:
+    labelled = pd.read_parquet(workspace["labelled_transfer"])
+    train_ids = set(pd.read_parquet(workspace["train"])["id"])
+    assert set(labelled["id"]) <= train_ids and labelled["label"].notna().all()
 
 
 def test_independent_mode_fine_tunes_a_language_teacher_first(workspace: dict[str, Path], tmp_path: Path) -> None:

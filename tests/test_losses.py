@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polydistill.losses import (
+    IGNORE_LABEL,
     HiddenProjector,
     distillation_loss,
     hidden_state_loss,
@@ -52,7 +53,7 @@ def test_kd_term_is_zero_when_logits_match(seed, temperature, alpha):
 def test_alpha_zero_is_plain_cross_entropy(seed, temperature):
     student, teacher, labels = random_batch(seed)
     parts = distillation_loss(student, teacher, labels, alpha=0.0, temperature=temperature)
-    assert torch.equal(parts.total, F.cross_entropy(student, labels))
+    torch.testing.assert_close(parts.total, F.cross_entropy(student, labels), rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=40, deadline=None)
@@ -66,6 +67,20 @@ def test_total_is_weighted_sum_of_parts_and_kd_is_t_squared_kl(seed, temperature
     assert parts.distillation.item() > 0
     expected_total = alpha * parts.distillation + (1 - alpha) * parts.cross_entropy
     assert parts.total.item() == pytest.approx(expected_total.item(), rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, temperature=temperatures, alpha=alphas, unlabelled=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_rows_without_a_label_learn_from_the_teacher_alone(seed, temperature, alpha, unlabelled):
+    student, teacher, labels = random_batch(seed)
+    mask = torch.tensor(unlabelled)
+    parts = distillation_loss(student, teacher, labels.masked_fill(mask, IGNORE_LABEL), alpha, temperature)
+    per_row = [distillation_loss(student[i:i + 1], teacher[i:i + 1], labels[i:i + 1], 1.0 if mask[i] else alpha,
+                                 temperature).total for i in range(6)]
+    assert parts.total.item() == pytest.approx(torch.stack(per_row).mean().item(), rel=1e-9, abs=1e-12)
+    labelled = ~mask
+    expected_ce = F.cross_entropy(student[labelled], labels[labelled]).item() if labelled.any() else 0.0
+    assert parts.cross_entropy.item() == pytest.approx(expected_ce, rel=1e-9, abs=1e-12)
 
 
 @settings(max_examples=40, deadline=None)

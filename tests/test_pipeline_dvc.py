@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -40,18 +41,24 @@ def assert_data_plane(root: Path) -> None:
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     assert read_json(root / "data/validation/report.json")["success"] is True
     balance = read_json(root / "metrics/balance.json")
-    assert balance["teacher"]["rows"] == 200 and balance["transfer"]["rows"] == 150
+    assert balance["teacher"]["rows"] == 200
     teacher = balance["teacher"]["languages"]
     assert set(teacher) == set(LANGUAGES)
     assert teacher["sl"]["share_after"] > teacher["sl"]["share_before"], "alpha < 1 must lift the small language"
     assert all(stats["max_repeats_seen"] <= 3 for stats in teacher.values())
     assert (root / "plots/balance/balance_shares.png").stat().st_size > 0
+    transfer = read_json(root / "metrics/transfer.json")
+    assert transfer["rows"] == 300 and transfer["held_out_overlaps"] == 0
+    assert transfer["languages"]["en"]["pool_dropped"]["overlaps_labelled_or_held_out"] == 1
+    assert transfer["languages"]["sl"]["unlabelled"] > 0 and transfer["languages"]["sl"]["augmented"] > 0
+    assert read_json(root / "data/unlabelled/provenance.json")["sources"]["file"]["rows_written"] == 19
 
 
 def assert_model_plane(root: Path) -> None:
     teacher_vocab = AutoTokenizer.from_pretrained(root / "models/teacher").vocab_size
     fingerprint = read_json(root / "data/soft_labels/fingerprint.json")
     assert set(fingerprint["ensemble"]["weights"]) == set(LANGUAGES)
+    assert set(read_json(root / "metrics/soft_labels.json")["memorisation_gap"]) == set(LANGUAGES)
     for lang in LANGUAGES:
         distilled = read_json(root / f"metrics/distill/{lang}.json")
         assert distilled["student"]["layers"] == [0, 2] and distilled["student"]["vocab_size"] < teacher_vocab
@@ -64,6 +71,7 @@ def assert_model_plane(root: Path) -> None:
         assert set(evaluation["systems"]) == SYSTEMS
         assert evaluation["systems"]["kd_student"]["n"] == evaluation["test_rows"] > 0
         assert evaluation["summary"]["compression"] > 1
+        assert 0 < evaluation["segmentation"]["identical_share"] <= 1
         assert (root / f"plots/evaluate/confusion_{lang}.png").exists()
     summary = (root / "reports/evaluation.md").read_text(encoding="utf-8")
     assert all(f"| {lang} " in summary for lang in LANGUAGES)
@@ -86,7 +94,23 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
     assert stages_to_rerun(repo_copy, "distill", "temperature", 4.0) == students_and_after
     after_balance = stages_to_rerun(repo_copy, "balance", "alpha", 0.5)
     assert "balance" in after_balance and "train_teacher" in after_balance
-    assert not after_balance & {"fetch", "prepare", "validate", "pretrained", "baseline"}
+    assert not after_balance & {"fetch", "prepare", "validate", "pretrained", "baseline", "unlabelled", "transfer"}
+    after_transfer = stages_to_rerun(repo_copy, "transfer", "unlabelled_fraction", 0.25)
+    assert after_transfer == {"transfer", "soft_labels"} | students_and_after
+
+    commit_workspace(repo_copy)
+    older = run_dvc(repo_copy, "exp", "run", "-S", "transfer.sources=[]")  # the transfer set before extra sources
+    assert older.returncode == 0, older.stdout[-5000:] + older.stderr[-5000:]
+    languages = read_json(repo_copy / "metrics/transfer.json")["languages"]
+    assert all(entry["unlabelled"] == entry["augmented"] == 0 for entry in languages.values())
+    assert read_json(repo_copy / "metrics/distill/sl.json")["transfer_rows"] == {"labelled": languages["sl"]["rows"]}
+
+
+def commit_workspace(root: Path) -> None:
+    """Commit the repository copy (dvc exp run needs a commit to branch experiments from)."""
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=polydistill tests", "-c", "user.email=tests@localhost", "commit", "-qm",
+                    "pipeline run"], cwd=root, check=True)
 
 
 def test_failed_validation_stops_the_pipeline(repo_copy: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,11 @@ from conftest import fixture_texts
 from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 
 from polydistill.soft_labels import (
+    FINGERPRINT_FILE,
     SoftLabelMismatch,
+    SoftLabelSettings,
     choose_weight,
+    fingerprint_id,
     generate_soft_labels,
     load_soft_labels,
     mix,
@@ -21,7 +26,8 @@ from polydistill.soft_labels import (
 from polydistill.tfidf import fit_baselines
 
 LABELS = ["negative", "positive"]
-SETTINGS = {"max_length": 32, "batch_size": 8, "threads": 1, "weight_grid": [0.0, 0.5, 1.0]}
+SETTINGS = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32,
+                             batch_size=8, threads=1)
 
 
 def frame(rows: int, offset: int) -> pd.DataFrame:
@@ -35,18 +41,25 @@ def frame(rows: int, offset: int) -> pd.DataFrame:
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("soft")
     teacher = tiny_pretrained_encoder(root / "teacher", fixture_texts(), LABELS)
-    splits = {"transfer": frame(40, 0), "validation": frame(30, 40), "test": frame(30, 70)}
+    train = frame(40, 0)
+    splits = {"transfer": train.assign(origin_id=train["id"]), "validation": frame(30, 40), "test": frame(30, 70)}
     splits["transfer"] = pd.concat([splits["transfer"], splits["transfer"].iloc[:5]], ignore_index=True)  # repeats
-    for name, split in splits.items():
+    for name, split in {**splits, "train": train}.items():
         split.to_parquet(root / f"{name}.parquet")
-    fit_baselines(root / "transfer.parquet", root / "validation.parquet", root / "tfidf", root / "tfidf.json",
+    fit_baselines(root / "train.parquet", root / "validation.parquet", root / "tfidf", root / "tfidf.json",
                   LABELS, TINY_TFIDF_SETTINGS)
-    report = generate_soft_labels(teacher, root / "tfidf", splits, root / "soft", SETTINGS, LABELS)
+    report = generate_soft_labels(teacher, root / "tfidf", splits, train, root / "soft", SETTINGS, LABELS)
     return {"root": root, "teacher": teacher, "splits": splits, "report": report}
 
 
+def expected_for(generated: dict, **overrides) -> dict:
+    arguments = {"teacher_dir": generated["teacher"], "labels": LABELS, "max_length": SETTINGS.max_length,
+                 "tfidf_dir": generated["root"] / "tfidf", **overrides}
+    return teacher_fingerprint(**arguments)
+
+
 def test_logits_are_stored_per_row_with_ensemble_weights(generated: dict) -> None:
-    expected = teacher_fingerprint(generated["teacher"], LABELS, SETTINGS["max_length"], None, None)
+    expected = expected_for(generated)
     transfer = generated["splits"]["transfer"]
     logits = load_soft_labels(generated["root"] / "soft", "transfer", transfer, expected)
     assert logits.shape == (45, 2)
@@ -78,25 +91,67 @@ def test_weight_minimises_validation_log_loss_not_accuracy() -> None:
 
 def test_a_different_teacher_is_refused(generated: dict, tmp_path: Path) -> None:
     other = tiny_pretrained_encoder(tmp_path / "other", fixture_texts(), LABELS, seed=1)
-    expected = teacher_fingerprint(other, LABELS, SETTINGS["max_length"], None, None)
+    expected = expected_for(generated, teacher_dir=other)
     with pytest.raises(SoftLabelMismatch, match="teacher_weights_sha256"):
         load_soft_labels(generated["root"] / "soft", "validation", generated["splits"]["validation"], expected)
 
 
 def test_reordered_labels_are_refused(generated: dict) -> None:
-    expected = teacher_fingerprint(generated["teacher"], LABELS[::-1], SETTINGS["max_length"], None, None)
+    expected = expected_for(generated, labels=LABELS[::-1])
     with pytest.raises(SoftLabelMismatch, match="labels"):
         load_soft_labels(generated["root"] / "soft", "validation", generated["splits"]["validation"], expected)
 
 
 def test_another_max_length_is_refused(generated: dict) -> None:
-    expected = teacher_fingerprint(generated["teacher"], LABELS, 128, None, None)
+    expected = expected_for(generated, max_length=128)
     with pytest.raises(SoftLabelMismatch, match="max_length"):
         load_soft_labels(generated["root"] / "soft", "test", generated["splits"]["test"], expected)
 
 
 def test_shuffled_rows_are_refused(generated: dict) -> None:
-    expected = teacher_fingerprint(generated["teacher"], LABELS, SETTINGS["max_length"], None, None)
+    expected = expected_for(generated)
     shuffled = generated["splits"]["test"].sample(frac=1.0, random_state=3)
     with pytest.raises(SoftLabelMismatch, match="not aligned"):
         load_soft_labels(generated["root"] / "soft", "test", shuffled, expected)
+
+
+def test_a_changed_tfidf_model_is_refused(generated: dict, tmp_path: Path) -> None:
+    changed = tmp_path / "tfidf"
+    shutil.copytree(generated["root"] / "tfidf", changed)
+    config = json.loads((changed / "en/config.json").read_text(encoding="utf-8"))
+    (changed / "en/config.json").write_text(json.dumps({**config, "C": config["C"] * 2}), encoding="utf-8")
+    with pytest.raises(SoftLabelMismatch, match="tfidf_sha256"):
+        load_soft_labels(generated["root"] / "soft", "test", generated["splits"]["test"],
+                         expected_for(generated, tfidf_dir=changed))
+
+
+def test_edited_ensemble_weights_are_refused(generated: dict, tmp_path: Path) -> None:
+    soft = tmp_path / "soft"
+    shutil.copytree(generated["root"] / "soft", soft)
+    report = json.loads((soft / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    weights = report["teacher"]["ensemble_weights"]
+    weights["en"] = 1.0 - weights["en"] if weights["en"] != 0.5 else 0.0
+    (soft / FINGERPRINT_FILE).write_text(json.dumps(report), encoding="utf-8")
+    with pytest.raises(SoftLabelMismatch, match="edited"):
+        load_soft_labels(soft, "test", generated["splits"]["test"], expected_for(generated))
+    report["teacher"]["id"] = fingerprint_id(report["teacher"])  # a consistent forgery: the logits still disagree
+    (soft / FINGERPRINT_FILE).write_text(json.dumps(report), encoding="utf-8")
+    with pytest.raises(SoftLabelMismatch, match="mixture"):
+        load_soft_labels(soft, "test", generated["splits"]["test"], expected_for(generated))
+
+
+def test_an_edited_text_under_the_same_id_is_refused(generated: dict) -> None:
+    edited = generated["splits"]["validation"].copy()
+    edited.loc[3, "text"] = edited.loc[3, "text"] + " (edited)"
+    with pytest.raises(SoftLabelMismatch, match="texts differ"):
+        load_soft_labels(generated["root"] / "soft", "validation", edited, expected_for(generated))
+
+
+def test_the_memorisation_gap_is_reported_per_language_and_member(generated: dict) -> None:
+    gap = generated["report"]["memorisation_gap"]
+    assert set(gap) == {"en", "zh"}
+    for members in gap.values():
+        assert set(members) == {"transformer", "tfidf", "ensemble"}
+        for entry in members.values():
+            assert 0 <= entry["transfer"] <= 1 and 0 <= entry["validation"] <= 1
+            assert entry["gap"] == pytest.approx(entry["transfer"] - entry["validation"], abs=2e-4)

@@ -28,6 +28,7 @@ from polydistill.student import (
     build_student_from_teacher,
     character_class,
     language_vocabulary,
+    segmentation_fidelity,
     trim_tokenizer,
     unknown_token_rate,
 )
@@ -263,16 +264,62 @@ def test_invalid_layer_choices_are_refused(teacher_dir, tmp_path, layers):
         build_student_from_teacher(teacher_dir, CORPUS["en"], layers, tmp_path / "student")
 
 
-def test_extra_texts_widen_the_vocabulary(teacher_dir, tmp_path):
+def test_more_text_widens_the_vocabulary(teacher_dir, tmp_path):
     plain = build_student_from_teacher(teacher_dir, CORPUS["en"], [0], tmp_path / "plain")
-    widened = build_student_from_teacher(teacher_dir, CORPUS["en"], [0], tmp_path / "widened",
-                                         extra_texts=CORPUS["es"])
+    widened = build_student_from_teacher(teacher_dir, CORPUS["en"] + CORPUS["es"], [0], tmp_path / "widened")
     assert widened.vocab_size > plain.vocab_size
     tokenizer = AutoTokenizer.from_pretrained(widened.path)
     teacher = Tokenizer.from_file(str(teacher_dir / "tokenizer.json"))
     student_pieces = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(CORPUS["es"])["input_ids"]]
     assert student_pieces == pieces(teacher, CORPUS["es"])
 
+
+def test_the_vocabulary_cap_keeps_required_pieces_then_the_most_frequent(teacher_json):
+    uncapped = language_vocabulary(teacher_json, CORPUS["en"])
+    required = language_vocabulary(teacher_json, CORPUS["en"], max_pieces=0)
+    assert set(required) < set(uncapped)  # specials and single characters survive any cap
+    cap = len(required) + 10
+    capped = language_vocabulary(teacher_json, CORPUS["en"], max_pieces=cap)
+    assert len(capped) == cap and set(required) < set(capped) < set(uncapped)
+    tokenizer = Tokenizer.from_str(json.dumps(teacher_json))
+    counts = {}
+    for encoding in tokenizer.encode_batch(CORPUS["en"], add_special_tokens=False):
+        for index in encoding.ids:
+            counts[index] = counts.get(index, 0) + 1
+    added = set(capped) - set(required)
+    assert min(counts[index] for index in added) >= max(counts.get(index, 0) for index in set(uncapped) - set(capped))
+
+
+def test_the_prior_fills_the_cap_with_teacher_pieces_made_of_the_languages_characters(teacher_json):
+    seen = language_vocabulary(teacher_json, CORPUS["en"][:20])
+    cap = len(seen) + 5
+    filled = language_vocabulary(teacher_json, CORPUS["en"][:20], max_pieces=cap, teacher_prior=True)
+    assert len(filled) == cap and set(seen) < set(filled)
+    vocab = teacher_json["model"]["vocab"]
+    characters = {char for text in CORPUS["en"][:20] for char in text.casefold()}
+
+    def in_scripts(piece: str) -> bool:
+        bare = piece.replace("\u2581", "").casefold()
+        return bool(bare) and all(char in characters for char in bare)
+
+    prior = [vocab[index] for index in set(filled) - set(seen)]
+    assert prior and all(in_scripts(piece) for piece, _score in prior)
+    unseen_candidates = [score for index, (piece, score) in enumerate(vocab) if index not in filled
+                         and in_scripts(piece)]
+    assert min(score for _piece, score in prior) >= max(unseen_candidates, default=float("-inf"))
+
+
+def test_segmentation_fidelity_counts_identical_texts_and_extra_tokens(teacher_json):
+    teacher = Tokenizer.from_str(json.dumps(teacher_json))
+    kept = language_vocabulary(teacher_json, CORPUS["zh"])
+    student = Tokenizer.from_str(json.dumps(trim_tokenizer(teacher_json, kept)))
+    seen = segmentation_fidelity(teacher, student, kept, CORPUS["zh"])
+    assert seen.identical_share == 1.0 and seen.extra_tokens == 0.0 and seen.unknown_rate == 0.0
+    unseen = segmentation_fidelity(teacher, student, kept, ZH_UNSEEN)
+    teacher_tokens = sum(len(e.ids) for e in teacher.encode_batch(ZH_UNSEEN, add_special_tokens=False))
+    student_tokens = sum(len(e.ids) for e in student.encode_batch(ZH_UNSEEN, add_special_tokens=False))
+    assert unseen.extra_tokens == pytest.approx(student_tokens / teacher_tokens - 1)
+    assert unseen.identical_share < 1.0 and unseen.extra_tokens > 0
 
 def test_scratch_student_is_smaller_seeded_and_shares_the_trimmed_tokenizer(teacher_dir, tmp_path):
     arguments = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)

@@ -106,9 +106,12 @@ def share_report(population: pd.DataFrame, sample: pd.DataFrame, alpha: float) -
 
 
 def balance_sets(train_path: Path, output_dir: Path, report_path: Path, plot_dir: Path, settings: dict) -> dict:
-    """Sample the teacher and transfer sets from the train split; write them, the report and the plots."""
+    """Sample the teacher's fine-tuning set from the train split; write it, the report and the plots.
+
+    (The students' transfer sets are the transfer stage's: see polydistill.transfer.)
+    """
     train = pd.read_parquet(train_path)
-    sizes = {"teacher": settings["teacher_size"], "transfer": settings["transfer_size"]}
+    sizes = {"teacher": settings["teacher_size"]}
     output_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict] = {}
     for offset, (name, size) in enumerate(sizes.items()):

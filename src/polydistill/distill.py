@@ -16,17 +16,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polydistill.losses import HiddenProjector, distillation_loss, hidden_state_loss, kept_layer_map
-from polydistill.soft_labels import generate_soft_labels, load_soft_labels, teacher_fingerprint
+from polydistill.losses import (
+    IGNORE_LABEL,
+    HiddenProjector,
+    distillation_loss,
+    hidden_state_loss,
+    kept_layer_map,
+)
+from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels, load_soft_labels, teacher_fingerprint
 from polydistill.student import (
     TEACHER_TOKEN_IDS_FILE,
     StudentInfo,
+    VocabularySettings,
     build_scratch_student,
     build_student_from_teacher,
-    unknown_token_rate,
+    student_segmentation,
 )
 from polydistill.teacher import encode_frame, fine_tune, run_key
-from polydistill.training import Batch, TrainSettings, train_classifier
+from polydistill.training import Batch, EncodedSet, TrainSettings, train_classifier
 
 VARIANTS = ("kd", "ce")
 KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read
@@ -35,12 +42,14 @@ KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE
 def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],
                   seed: int) -> StudentInfo:
     """The initial student for one language, as params.yaml's distill.student describes."""
+    vocabulary = VocabularySettings(**student["vocabulary"])
     if student["kind"] == "from_teacher":
-        return build_student_from_teacher(teacher_dir, texts, student["layers"], output_dir)
+        return build_student_from_teacher(teacher_dir, texts, student["layers"], output_dir, vocabulary)
     if student["kind"] == "scratch":
         scratch = student["scratch"]
         return build_scratch_student(teacher_dir, texts, scratch["hidden_size"], scratch["num_layers"],
-                                     scratch["num_heads"], scratch["intermediate_size"], output_dir, seed)
+                                     scratch["num_heads"], scratch["intermediate_size"], output_dir, seed,
+                                     vocabulary)
     raise ValueError(f"unknown distill.student.kind '{student['kind']}': use from_teacher or scratch")
 
 
@@ -94,7 +103,7 @@ def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.nda
     model = AutoModelForSequenceClassification.from_pretrained(initial_dir)
     if loss is not None and loss.extra_parameters():
         model.add_module("hidden_projector", loss.projector)
-    train_set = encode_frame(tokenizer, train, labels, train_settings.max_length)
+    train_set = encode_transfer(tokenizer, train, labels, train_settings.max_length)
     train_set.teacher_logits = teacher_logits
     validation_set = encode_frame(tokenizer, validation, labels, train_settings.max_length)
 
@@ -115,9 +124,16 @@ def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.nda
             "train_rows": len(train_set), "history": state.history}
 
 
+def encode_transfer(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_length: int) -> EncodedSet:
+    """encode_frame for transfer rows, some without a gold label: those get IGNORE_LABEL."""
+    encoded = encode_frame(tokenizer, frame, labels, max_length)
+    encoded.labels = np.nan_to_num(encoded.labels.astype(float), nan=IGNORE_LABEL).astype(np.int64)
+    return encoded
+
+
 def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
                      teacher_set: pd.DataFrame, output_dir: Path, work_root: Path, settings: dict[str, Any],
-                     soft_label_settings: dict[str, Any], labels: list[str]) -> tuple[Path, Path, dict]:
+                     soft_label_settings: SoftLabelSettings, labels: list[str]) -> tuple[Path, Path, dict]:
     """independent mode: fine-tune the teacher on one language, then generate its own soft labels."""
     teacher_settings = settings["independent_teacher"]
     lang_teacher_dir = output_dir / "teacher"
@@ -126,48 +142,58 @@ def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frame
     metrics = fine_tune(teacher_dir, rows, frames["validation"], lang_teacher_dir,
                         work_root / f"teacher-{lang}-{key}", teacher_settings, labels)
     soft_dir = output_dir / "soft_labels"
-    generate_soft_labels(lang_teacher_dir, tfidf_dir, frames, soft_dir, soft_label_settings, labels)
+    soft_frames = {name: frames[name] for name in ("transfer", "validation", "test")}
+    generate_soft_labels(lang_teacher_dir, tfidf_dir, soft_frames, frames["train"], soft_dir, soft_label_settings,
+                         labels)
     return lang_teacher_dir, soft_dir, metrics
 
 
 def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any],
-                     soft_label_settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+                     soft_label_settings: SoftLabelSettings, labels: list[str]) -> dict[str, Any]:
     """Build, distil and CE-train the students of one language; write them and their metrics.
 
-    paths: teacher, tfidf, soft_labels, transfer, teacher_set, train, validation, test, output, metrics, work.
+    The KD student learns from the transfer set (labelled, unlabelled and augmented rows with the teacher's soft
+    labels), the CE-only student from the labelled rows alone (the balanced labelled set), so the KD gain measures
+    what the teacher adds. Both start from the same initial student, whose vocabulary covers all of the language's
+    text except validation and test. paths: teacher, tfidf, soft_labels, transfer, pool, labelled_transfer,
+    teacher_set, train, validation, test, output, metrics, work.
     """
     torch.set_num_threads(settings["threads"])
-    read = {name: pd.read_parquet(paths[name]) for name in ("transfer", "train", "validation", "test")}
-    transfer_all = read["transfer"]
+    names = ("transfer", "labelled_transfer", "pool", "train", "validation", "test")
+    read = {name: pd.read_parquet(paths[name]) for name in names}
     frames = {name: frame[frame["lang"] == lang].reset_index(drop=True) for name, frame in read.items()}
     output = paths["output"]
     output.mkdir(parents=True, exist_ok=True)
     teacher_dir, soft_dir, report = paths["teacher"], paths["soft_labels"], {"mode": settings["mode"]}
-    max_length = soft_label_settings["max_length"]
     if settings["mode"] == "independent":
-        soft_frames = {"transfer": frames["transfer"], "validation": frames["validation"], "test": frames["test"]}
         teacher_dir, soft_dir, report["language_teacher"] = language_teacher(
-            lang, paths["teacher"], paths["tfidf"], soft_frames, pd.read_parquet(paths["teacher_set"]), output,
+            lang, paths["teacher"], paths["tfidf"], frames, pd.read_parquet(paths["teacher_set"]), output,
             paths["work"], settings, soft_label_settings, labels)
-        expected = _expected(teacher_dir, labels, max_length)
+        expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"])
         transfer_logits = load_soft_labels(soft_dir, "transfer", frames["transfer"], expected)
     elif settings["mode"] == "shared":
-        expected = _expected(teacher_dir, labels, max_length)
-        all_logits = load_soft_labels(soft_dir, "transfer", transfer_all, expected)
-        transfer_logits = all_logits[(transfer_all["lang"] == lang).to_numpy()]
+        expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"])
+        all_logits = load_soft_labels(soft_dir, "transfer", read["transfer"], expected)
+        transfer_logits = all_logits[(read["transfer"]["lang"] == lang).to_numpy()]
     else:
         raise ValueError(f"unknown distill.mode '{settings['mode']}': use shared or independent")
 
-    info = build_student(teacher_dir, frames["train"]["text"].tolist(), output / "initial", settings["student"],
-                         settings["train"]["seed"])
+    vocabulary_texts = pd.concat([frames["train"]["text"], frames["pool"]["text"], frames["transfer"]["text"]])
+    info = build_student(teacher_dir, vocabulary_texts.drop_duplicates().tolist(), output / "initial",
+                         settings["student"], settings["train"]["seed"])
     report["student"] = {"kind": settings["student"]["kind"], "vocab_size": info.vocab_size,
                          "total_params": info.total_params, "non_embedding_params": info.non_embedding_params,
                          "layers": list(info.layers), "hidden_size": info.hidden_size}
-    report["unknown_token_rate_test"] = _unknown_rate(output / "initial", frames["test"]["text"].tolist())
+    report["segmentation"] = {split: student_segmentation(teacher_dir, output / "initial",
+                                                           frames[split]["text"].tolist())
+                              for split in ("validation", "test")}
+    report["transfer_rows"] = frames["transfer"]["source"].str.split(":").str[0].value_counts().to_dict()
     for variant in VARIANTS:
         loss = _loss_for(variant, settings, teacher_dir, output / "initial", info)
-        key = _student_run_key(variant, lang, settings, output / "initial", paths["transfer"], soft_dir)
-        report[variant] = train_student(output / "initial", frames["transfer"],
+        train_frame = frames["transfer"] if variant == "kd" else frames["labelled_transfer"]
+        key = _student_run_key(variant, lang, settings, output / "initial",
+                               paths["transfer"] if variant == "kd" else paths["labelled_transfer"], soft_dir)
+        report[variant] = train_student(output / "initial", train_frame,
                                         transfer_logits if variant == "kd" else None, frames["validation"],
                                         output / variant, paths["work"] / f"student-{lang}-{variant}-{key}",
                                         settings, labels, loss)
@@ -192,11 +218,6 @@ def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_
     return run_key({**settings, "variant": variant, "lang": lang}, *inputs)
 
 
-def _expected(teacher_dir: Path, labels: list[str], max_length: int) -> dict[str, Any]:
-    """The fingerprint fields the current teacher, label order and max_length must match."""
-    return teacher_fingerprint(teacher_dir, labels, max_length, None, None)
-
-
 def _loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,
               info: StudentInfo) -> KnowledgeDistillationLoss | None:
     if variant == "ce":
@@ -212,9 +233,3 @@ def _loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial
     teacher_ids = json.loads((initial_dir / TEACHER_TOKEN_IDS_FILE).read_text(encoding="utf-8"))
     return KnowledgeDistillationLoss(settings["alpha"], settings["temperature"], hidden_weight, teacher,
                                      teacher_ids, list(info.layers), info.hidden_size)
-
-
-def _unknown_rate(student_dir: Path, texts: list[str]) -> float:
-    from transformers import AutoTokenizer
-
-    return round(unknown_token_rate(AutoTokenizer.from_pretrained(student_dir), texts), 5)

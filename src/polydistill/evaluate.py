@@ -26,6 +26,7 @@ from polydistill.metrics import (
     write_confusion_csv,
 )
 from polydistill.soft_labels import load_soft_labels, softmax, teacher_fingerprint
+from polydistill.student import student_segmentation
 
 SUMMARY_COLUMNS = [
     ("lang", "lang", ""),
@@ -35,6 +36,7 @@ SUMMARY_COLUMNS = [
     ("tfidf_macro_f1", "TF-IDF F1", ".3f"),
     ("retention", "retention", ".1%"),
     ("kd_gain", "KD gain", "+.3f"),
+    ("segmented_as_teacher", "segmented as teacher", ".0%"),
     ("student_params", "student params", ",d"),
     ("compression", "fewer params", ".1f"),
     ("student_throughput", "student texts/s", ".0f"),
@@ -42,10 +44,13 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def teacher_probabilities(soft_dir: Path, teacher_dir: Path, test: pd.DataFrame, labels: list[str],
-                          max_length: int) -> dict[str, np.ndarray]:
-    """The teacher's stored test-set outputs as probabilities: the combination and each member."""
-    expected = teacher_fingerprint(teacher_dir, labels, max_length, None, None)
+def teacher_probabilities(soft_dir: Path, teacher_dir: Path, tfidf_dir: Path | None, test: pd.DataFrame,
+                          labels: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """The teacher's stored test-set outputs as probabilities: the combination and each member.
+
+    tfidf_dir: the TF-IDF member of the ensemble teacher, None when the teacher is the transformer alone.
+    """
+    expected = teacher_fingerprint(teacher_dir, labels, max_length, tfidf_dir)
     systems = {"teacher": softmax(load_soft_labels(soft_dir, "test", test, expected, "teacher_logits")),
                "teacher_transformer": softmax(load_soft_labels(soft_dir, "test", test, expected,
                                                                "transformer_logits"))}
@@ -80,7 +85,8 @@ def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarr
                                                 settings["seed"])
               for name, baseline in (("retention", "teacher"), ("kd_gain", "ce_student"))}
     efficiency = measure_efficiency({"teacher": paths["teacher"], **students}, texts, settings)
-    result = {"lang": lang, "test_rows": len(test), "systems": quality, "paired": paired, "efficiency": efficiency}
+    result = {"lang": lang, "test_rows": len(test), "systems": quality, "paired": paired, "efficiency": efficiency,
+              "segmentation": student_segmentation(paths["teacher"], students["kd_student"], texts)}
     return result, systems
 
 
@@ -106,6 +112,8 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
         "tfidf_macro_f1": systems["tfidf"]["macro_f1"],
         "retention": result["paired"]["retention"]["ratio"],
         "kd_gain": result["paired"]["kd_gain"]["difference"],
+        "segmented_as_teacher": result["segmentation"]["identical_share"],
+        "extra_tokens": result["segmentation"]["extra_tokens"],
         "student_params": student["total_params"],
         "teacher_params": teacher["total_params"],
         "compression": teacher["total_params"] / student["total_params"],
@@ -130,7 +138,8 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
 
     torch.set_num_threads(settings["threads"])
     test = pd.read_parquet(paths["test"])
-    shared_teacher = (teacher_probabilities(paths["soft_labels"], paths["teacher"], test, labels, max_length)
+    shared_teacher = (teacher_probabilities(paths["soft_labels"], paths["teacher"], paths["teacher_tfidf"], test,
+                                            labels, max_length)
                       if mode == "shared" else None)
     paths["plots"].mkdir(parents=True, exist_ok=True)
     rows, bars, intervals = [], {}, {}
@@ -139,8 +148,8 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
         mask = (test["lang"] == lang).to_numpy()
         lang_test = test[mask].reset_index(drop=True)
         teacher = ({name: values[mask] for name, values in shared_teacher.items()} if shared_teacher is not None
-                   else teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"], lang_test, labels,
-                                              max_length))
+                   else teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"],
+                                              paths["teacher_tfidf"], lang_test, labels, max_length))
         result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels)
         result["summary"] = summary_row(result)
         write_json(paths["metrics"] / f"{lang}.json", result)

@@ -211,13 +211,14 @@ def _read_source(
     return rows, provenance
 
 
-def _write_atomically(output_dir: Path, rows: list[dict[str, str]], provenance: dict[str, Any]) -> None:
-    """Write both files into a staging folder next to output_dir, then move them into place."""
+def write_rows_atomically(output_dir: Path, rows_file: str, rows: list[dict[str, Any]],
+                          provenance: dict[str, Any]) -> None:
+    """Write rows (JSON lines) and provenance.json into a staging folder next to output_dir, then move them in."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.staging-"))
     staging.chmod(0o755)  # mkdtemp makes it private; it may become output_dir itself
     try:
-        with open(staging / CORPUS_FILE, "w", encoding="utf-8", newline="\n") as handle:
+        with open(staging / rows_file, "w", encoding="utf-8", newline="\n") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         with open(staging / PROVENANCE_FILE, "w", encoding="utf-8") as handle:
@@ -226,7 +227,7 @@ def _write_atomically(output_dir: Path, rows: list[dict[str, str]], provenance: 
         if not output_dir.exists():
             staging.rename(output_dir)
             return
-        for name in (CORPUS_FILE, PROVENANCE_FILE):
+        for name in (rows_file, PROVENANCE_FILE):
             os.replace(staging / name, output_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -256,5 +257,5 @@ def fetch_corpus(
         "languages": [source["language"] for source in sources.values()],
         "sources": sources,
     }
-    _write_atomically(Path(output_dir), rows, provenance)
+    write_rows_atomically(Path(output_dir), CORPUS_FILE, rows, provenance)
     return provenance

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LayerMap = Sequence[tuple[int, int]]
+IGNORE_LABEL = -100  # a row without a gold label (PyTorch's ignore_index convention)
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,11 @@ def distillation_loss(
 ) -> LossParts:
     """Hinton distillation: alpha * T² * KL(softmax(t/T) ‖ softmax(s/T)) + (1 - alpha) * CE(labels, s).
 
-    The KL term is averaged over the batch ("batchmean", the true KL per example); the T² factor keeps its
-    gradient wrt the student logits, (T / N) * (softmax(s/T) - softmax(t/T)), of the same order for every T.
-    Teacher logits are constants (detached). Labels equal to -100 are ignored by the cross-entropy.
+    The KL term is the true KL per example; the T² factor keeps its gradient wrt the student logits,
+    (T / N) * (softmax(s/T) - softmax(t/T)), of the same order for every T. Teacher logits are constants
+    (detached). A row without a gold label (label -100: unlabelled or augmented text) learns from the teacher
+    alone, with weight 1 on its KL term; the total is the mean over rows, so a fully labelled batch gets exactly
+    alpha * batch-mean KL * T² + (1 - alpha) * mean CE. The logged cross_entropy is the mean over labelled rows.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -46,11 +49,14 @@ def distillation_loss(
                          f"{tuple(teacher_logits.shape)} differ in shape (label sets do not match)")
     student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
-    distillation = kl * temperature**2
-    cross_entropy = F.cross_entropy(student_logits, labels)
-    total = alpha * distillation + (1.0 - alpha) * cross_entropy
-    return LossParts(total=total, distillation=distillation, cross_entropy=cross_entropy)
+    kl_per_row = F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(dim=-1)
+    distillation_per_row = kl_per_row * temperature**2
+    labelled = labels != IGNORE_LABEL
+    cross_entropy_per_row = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none") * labelled
+    row_alpha = torch.where(labelled, torch.full_like(kl_per_row, alpha), torch.ones_like(kl_per_row))
+    total = (row_alpha * distillation_per_row + (1.0 - row_alpha) * cross_entropy_per_row).mean()
+    cross_entropy = cross_entropy_per_row.sum() / labelled.sum().clamp(min=1)
+    return LossParts(total=total, distillation=distillation_per_row.mean(), cross_entropy=cross_entropy)
 
 
 class HiddenProjector(nn.Module):

@@ -322,17 +322,20 @@ def log_teacher_run(root: Path, parent_lineage: Mapping[str, str]) -> None:
 
 
 def log_parent_context(root: Path, params: Mapping[str, Any], languages: list[str]) -> None:
-    """The parent run's params, sampling report, per-language headline numbers and lineage artifacts."""
+    """The parent run's params, sampling, transfer and soft-label reports, per-language headline numbers and lineage
+    artifacts."""
     import mlflow
 
     mlflow.log_params(param_values(params))
-    balance_path = root / "metrics/balance.json"
-    if balance_path.exists():
-        mlflow.log_metrics(numeric_metrics(read_json(balance_path), "balance."))
+    for report in ("balance", "transfer", "soft_labels"):
+        report_path = root / f"metrics/{report}.json"
+        if report_path.exists():
+            mlflow.log_metrics(numeric_metrics(read_json(report_path), f"{report}."))
     for lang in languages:
         summary = read_json(root / f"metrics/evaluate/{lang}.json").get("summary", {})
         mlflow.log_metrics(numeric_metrics(summary, f"{lang}."))
-    for name in ("params.yaml", "dvc.lock", "metrics/balance.json", "metrics/prepare.json", "reports/evaluation.md",
+    for name in ("params.yaml", "dvc.lock", "metrics/balance.json", "metrics/prepare.json", "metrics/transfer.json",
+                 "metrics/soft_labels.json", "reports/evaluation.md",
                  "data/soft_labels/fingerprint.json", "data/validation/report.json",
                  "plots/balance/balance_shares.png", "plots/balance/balance_shares.csv"):
         if (root / name).exists():

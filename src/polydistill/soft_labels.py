@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +25,50 @@ from polydistill.archives import sha256_of
 SPLIT_FILES = {"transfer": "transfer.parquet", "validation": "validation.parquet", "test": "test.parquet"}
 FINGERPRINT_FILE = "fingerprint.json"
 LOGIT_COLUMNS = ("transformer_logits", "tfidf_log_probs", "teacher_logits")
+MIXTURE_TOLERANCE = 1e-3  # stored float32 logits vs the mixture recomputed from the stored float32 members
 
 
 class SoftLabelMismatch(ValueError):
     """Stored soft labels do not belong to this teacher, label order or data."""
 
 
+@dataclass(frozen=True)
+class SoftLabelSettings:
+    """The soft_labels section of params.yaml."""
+
+    ensemble: bool
+    weight_grid: tuple[float, ...]
+    cross_fit_folds: int
+    max_length: int
+    batch_size: int
+    threads: int
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> SoftLabelSettings:
+        return cls(ensemble=section["ensemble"], weight_grid=tuple(section["weight_grid"]),
+                   cross_fit_folds=section["cross_fit_folds"], max_length=section["max_length"],
+                   batch_size=section["batch_size"], threads=section["threads"])
+
+
 def teacher_fingerprint(teacher_dir: Path, labels: list[str], max_length: int,
-                        tfidf_dir: Path | None, ensemble_weights: dict[str, float] | None) -> dict[str, Any]:
-    """Hashes of what determines the logits: teacher weights and tokenizer, label order, max_length, ensemble."""
+                        tfidf_dir: Path | None) -> dict[str, Any]:
+    """Hashes of what the caller can check before reading logits: teacher weights and tokenizer, label order,
+    max_length and the TF-IDF member (None when the teacher is the transformer alone)."""
     config = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))
-    fingerprint = {
+    return {
         "teacher_weights_sha256": sha256_of(teacher_dir / "model.safetensors"),
         "tokenizer_sha256": sha256_of(teacher_dir / "tokenizer.json"),
         "labels": list(labels),
         "teacher_id2label": [config["id2label"][str(index)] for index in range(len(labels))],
         "max_length": max_length,
         "tfidf_sha256": _directory_hash(tfidf_dir) if tfidf_dir else None,
-        "ensemble_weights": ensemble_weights,
     }
-    fingerprint["id"] = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return fingerprint
+
+
+def fingerprint_id(fingerprint: dict[str, Any]) -> str:
+    """A short hash of every recorded field but the id itself."""
+    fields = {key: value for key, value in fingerprint.items() if key != "id"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _directory_hash(directory: Path) -> str:
@@ -59,6 +83,11 @@ def _directory_hash(directory: Path) -> str:
 def ids_hash(ids: list[str]) -> str:
     """Order-sensitive hash of row ids: any reordering or substitution changes it."""
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def texts_hash(texts: list[str]) -> str:
+    """Order-sensitive hash of texts: an edited text under an unchanged id changes it."""
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -108,64 +137,184 @@ def read_split(path: Path, column: str) -> tuple[list[str], np.ndarray]:
 
 def load_soft_labels(soft_dir: Path, split: str, frame: pd.DataFrame, expected: dict[str, Any],
                      column: str = "teacher_logits") -> np.ndarray:
-    """Stored logits for `frame`'s rows, refusing a different teacher, label order or row order."""
-    stored = json.loads((soft_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
-    for key in ("teacher_weights_sha256", "tokenizer_sha256", "labels", "teacher_id2label", "max_length"):
-        if stored["teacher"][key] != expected[key]:
+    """Stored logits for `frame`'s rows, refusing anything that does not match what produced them.
+
+    Checked: every field of `expected` (teacher, tokenizer, label order, max_length, TF-IDF member), the recorded
+    fingerprint against its own id, the row ids and texts of the split, and that the stored teacher logits are the
+    recorded ensemble weights' mixture of the stored members.
+    """
+    report = json.loads((soft_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    stored = report["teacher"]
+    for key, value in expected.items():
+        if stored.get(key) != value:
             raise SoftLabelMismatch(
-                f"soft labels in {soft_dir} were made with {key}={stored['teacher'][key]!r}, "
-                f"but the current teacher has {expected[key]!r}: rerun the soft_labels stage")
+                f"soft labels in {soft_dir} were made with {key}={stored.get(key)!r}, "
+                f"but the current teacher has {value!r}: rerun the soft_labels stage")
+    if fingerprint_id(stored) != stored.get("id"):
+        raise SoftLabelMismatch(f"the fingerprint in {soft_dir} was edited after it was written (its id no longer "
+                                "matches its fields, e.g. the ensemble weights): rerun the soft_labels stage")
     ids, logits = read_split(soft_dir / SPLIT_FILES[split], column)
-    frame_ids = frame["id"].tolist()
-    if ids != frame_ids:
-        first = next((i for i, (a, b) in enumerate(zip(ids, frame_ids)) if a != b), min(len(ids), len(frame_ids)))
-        raise SoftLabelMismatch(
-            f"soft labels for {split} are not aligned with the data: {len(ids)} stored rows vs {len(frame_ids)} "
-            f"rows, first difference at row {first}")
+    _check_rows(split, ids, frame, report["rows"][split])
     if logits.shape[1] != len(expected["labels"]):
         raise SoftLabelMismatch(f"stored logits have {logits.shape[1]} classes, expected {len(expected['labels'])}")
+    if stored["ensemble_weights"] is not None:
+        _check_mixture(soft_dir / SPLIT_FILES[split], stored["ensemble_weights"])
     return logits
 
 
+def _check_rows(split: str, stored_ids: list[str], frame: pd.DataFrame, recorded: dict[str, Any]) -> None:
+    frame_ids = frame["id"].tolist()
+    if stored_ids != frame_ids:
+        first = next((i for i, (a, b) in enumerate(zip(stored_ids, frame_ids)) if a != b),
+                     min(len(stored_ids), len(frame_ids)))
+        raise SoftLabelMismatch(
+            f"soft labels for {split} are not aligned with the data: {len(stored_ids)} stored rows vs "
+            f"{len(frame_ids)} rows, first difference at row {first}")
+    if texts_hash(frame["text"].tolist()) != recorded["texts_sha256"]:
+        raise SoftLabelMismatch(f"the {split} texts differ from the texts the teacher scored (same ids, edited "
+                                "text): rerun the soft_labels stage")
+
+
+def _check_mixture(path: Path, weights: dict[str, float]) -> None:
+    """The stored teacher logits must be mix(transformer, TF-IDF, w[lang]) for the recorded weights."""
+    table = pq.read_table(path)
+    langs = np.array(table.column("lang").to_pylist())
+    arrays = {name: np.stack(table.column(name).to_numpy(zero_copy_only=False)) for name in LOGIT_COLUMNS}
+    for lang in np.unique(langs):
+        rows = langs == lang
+        recomputed = mix(arrays["transformer_logits"][rows], np.exp(arrays["tfidf_log_probs"][rows]), weights[lang])
+        if not np.allclose(recomputed, arrays["teacher_logits"][rows], atol=MIXTURE_TOLERANCE):
+            raise SoftLabelMismatch(f"stored teacher logits for {lang} in {path.name} are not the mixture with the "
+                                    f"recorded weight {weights[lang]}: rerun the soft_labels stage")
+
+
 def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
-                         output_dir: Path, settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+                         train: pd.DataFrame, output_dir: Path, settings: SoftLabelSettings,
+                         labels: list[str]) -> dict[str, Any]:
     """Teacher logits for every split frame (transfer, validation, test), ensemble weights per language, fingerprint.
 
-    Each distinct id is run through the transformer once; repeated transfer rows share their logits.
+    Each distinct id is run through the transformer once; repeated transfer rows share their logits. The TF-IDF
+    member scores transfer rows out of fold (see ``tfidf.cross_fitted_probabilities``; `train` is the labelled
+    split it was fitted on), validation and test rows with the full model.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from polydistill.teacher import encode_frame
-    from polydistill.tfidf import load_model
-    from polydistill.training import predict_logits
+    from polydistill.training import EncodedSet, encode_texts, predict_logits
 
-    torch.set_num_threads(settings["threads"])
+    torch.set_num_threads(settings.threads)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     unique = pd.concat(frames.values()).drop_duplicates("id").reset_index(drop=True)
-    encoded = encode_frame(tokenizer, unique, labels, settings["max_length"])
+    encoded = EncodedSet(encode_texts(tokenizer, unique["text"].tolist(), settings.max_length),
+                         np.zeros(len(unique), dtype=np.int64), unique["lang"].to_numpy())
     transformer = dict(zip(unique["id"], predict_logits(model, encoded, tokenizer.pad_token_id,
-                                                        settings["batch_size"])))
-    tfidf = {}
-    if tfidf_dir is not None:
-        for lang, rows in unique.groupby("lang"):
-            probabilities = load_model(tfidf_dir / lang).probabilities(rows["text"].tolist())
-            tfidf.update(zip(rows["id"], probabilities))
+                                                        settings.batch_size)))
+    tfidf = tfidf_probabilities(tfidf_dir, frames, train, labels, settings.cross_fit_folds) if tfidf_dir else {}
     weights = choose_weights(frames["validation"], transformer, tfidf, settings, labels)
     for split, frame in frames.items():
         write_split(output_dir / SPLIT_FILES[split], frame, split_arrays(frame, transformer, tfidf, weights))
-    fingerprint = teacher_fingerprint(teacher_dir, labels, settings["max_length"], tfidf_dir, weights["weights"])
+    fingerprint = {**teacher_fingerprint(teacher_dir, labels, settings.max_length, tfidf_dir),
+                   "cross_fit_folds": settings.cross_fit_folds if tfidf_dir else None,
+                   "ensemble_weights": weights["weights"] if tfidf_dir else None}
+    fingerprint["id"] = fingerprint_id(fingerprint)
     report = {"teacher": fingerprint, "ensemble": weights,
-              "rows": {split: {"rows": len(frame), "ids_sha256": ids_hash(frame["id"].tolist())}
+              "memorisation_gap": memorisation_gap(frames, transformer, tfidf, weights, labels),
+              "rows": {split: {"rows": len(frame), "ids_sha256": ids_hash(frame["id"].tolist()),
+                               "texts_sha256": texts_hash(frame["text"].tolist())}
                        for split, frame in frames.items()},
               "unique_texts_scored": len(unique)}
     (output_dir / FINGERPRINT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
+def select_transfer_rows(soft_dir: Path, frame: pd.DataFrame, output_dir: Path) -> None:
+    """A soft-label folder for another transfer frame made of already scored rows (any order, repeats allowed).
+
+    Every logit column is looked up by row id; the fingerprint is kept and its transfer row record redone, so
+    load_soft_labels accepts the new frame and nothing else. Used to train on a subset without scoring again.
+    """
+    table = pq.read_table(soft_dir / SPLIT_FILES["transfer"])
+    position = {row_id: index for index, row_id in enumerate(table.column("id").to_pylist())}
+    missing = sorted(set(frame["id"]) - set(position))
+    if missing:
+        raise SoftLabelMismatch(f"{len(missing)} rows were never scored by the teacher, e.g. {missing[:3]}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.take([position[row_id] for row_id in frame["id"]]), output_dir / SPLIT_FILES["transfer"])
+    report = json.loads((soft_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    report["rows"]["transfer"] = {"rows": len(frame), "ids_sha256": ids_hash(frame["id"].tolist()),
+                                  "texts_sha256": texts_hash(frame["text"].tolist())}
+    (output_dir / FINGERPRINT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def write_soft_label_metrics(report: dict[str, Any], path: Path) -> None:
+    """The DVC metrics of the stage: ensemble weights, validation scores, memorisation gap, rows scored."""
+    metrics = {"weights": report["ensemble"]["weights"],
+               "validation_macro_f1": report["ensemble"]["validation_macro_f1"],
+               "memorisation_gap": report["memorisation_gap"],
+               "unique_texts_scored": report["unique_texts_scored"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+
+def tfidf_probabilities(tfidf_dir: Path, frames: dict[str, pd.DataFrame], train: pd.DataFrame, labels: list[str],
+                        folds: int) -> dict[str, np.ndarray]:
+    """TF-IDF probabilities by row id: transfer rows cross-fitted, every other split from the full model."""
+    from polydistill.tfidf import cross_fitted_probabilities, load_model
+
+    probabilities: dict[str, np.ndarray] = {}
+    for split, frame in frames.items():
+        rows = frame.drop_duplicates("id")
+        for lang, lang_rows in rows.groupby("lang"):
+            if split == "transfer":
+                scored = cross_fitted_probabilities(tfidf_dir / lang, train[train["lang"] == lang], labels,
+                                                    lang_rows, folds)
+            else:
+                scored = load_model(tfidf_dir / lang).probabilities(lang_rows["text"].tolist())
+            probabilities.update(zip(lang_rows["id"], scored))
+    return probabilities
+
+
+def memorisation_gap(frames: dict[str, pd.DataFrame], transformer: dict[str, np.ndarray],
+                     tfidf: dict[str, np.ndarray], weights: dict[str, Any],
+                     labels: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per language and member: mean gold-label probability on labelled transfer rows vs validation rows.
+
+    A member that scores rows it was fitted on gives its own training labels a higher probability than it gives
+    held-out rows; distilling that teaches the labels back, not the member's knowledge.
+    """
+    label_ids = {label: index for index, label in enumerate(labels)}
+    labelled = frames["transfer"].dropna(subset=["label"]).drop_duplicates("id")
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for lang in sorted(frames["validation"]["lang"].unique()):
+        result[lang] = {}
+        for member in ("transformer", "tfidf", "ensemble") if tfidf else ("transformer",):
+            means = {}
+            for name, frame in (("transfer", labelled), ("validation", frames["validation"])):
+                rows = frame[frame["lang"] == lang]
+                if rows.empty:
+                    means[name] = float("nan")
+                    continue
+                probabilities = _member_probabilities(member, rows, transformer, tfidf, weights["weights"][lang])
+                gold = rows["label"].map(label_ids).to_numpy()
+                means[name] = float(probabilities[np.arange(len(rows)), gold].mean())
+            result[lang][member] = {"transfer": round(means["transfer"], 4),
+                                    "validation": round(means["validation"], 4),
+                                    "gap": round(means["transfer"] - means["validation"], 4)}
+    return result
+
+
+def _member_probabilities(member: str, rows: pd.DataFrame, transformer: dict[str, np.ndarray],
+                          tfidf: dict[str, np.ndarray], weight: float) -> np.ndarray:
+    logits = np.stack([transformer[i] for i in rows["id"]])
+    if member == "transformer":
+        return softmax(logits)
+    probabilities = np.stack([tfidf[i] for i in rows["id"]])
+    return probabilities if member == "tfidf" else np.exp(mix(logits, probabilities, weight))
+
+
 def choose_weights(validation: pd.DataFrame, transformer: dict[str, np.ndarray], tfidf: dict[str, np.ndarray],
-                   settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+                   settings: SoftLabelSettings, labels: list[str]) -> dict[str, Any]:
     """Per language: the transformer weight, the validation macro-F1 of each member and of the mix, its log-loss."""
     label_ids = {label: index for index, label in enumerate(labels)}
     result: dict[str, Any] = {"weights": {}, "validation_macro_f1": {}, "validation_log_loss": {}}
@@ -177,7 +326,7 @@ def choose_weights(validation: pd.DataFrame, transformer: dict[str, np.ndarray],
         if tfidf:
             probabilities = np.stack([tfidf[i] for i in rows["id"]])
             scores["tfidf"] = float(f1_score(gold, probabilities.argmax(1), average="macro"))
-            weight, log_loss = choose_weight(gold, logits, probabilities, settings["weight_grid"])
+            weight, log_loss = choose_weight(gold, logits, probabilities, list(settings.weight_grid))
             mixed = mix(logits, probabilities, weight)
             scores["ensemble"] = float(f1_score(gold, mixed.argmax(1), average="macro"))
             result["validation_log_loss"][lang] = round(log_loss, 5)

@@ -11,9 +11,9 @@ import copy
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +80,88 @@ def _single_character(piece: str) -> str | None:
     return bare if len(bare) == 1 else None
 
 
-def language_vocabulary(tokenizer_json: dict[str, Any] | Path, texts: Iterable[str]) -> list[int]:
+def language_vocabulary(tokenizer_json: dict[str, Any] | Path, texts: Iterable[str],
+                        max_pieces: int | None = None, teacher_prior: bool = False) -> list[int]:
     """Sorted teacher token ids a language needs, judged from its texts.
 
-    Kept: (1) the special tokens; (2) every piece the texts tokenize into; (3) the bare word-boundary
-    piece; (4) every single-character piece, with or without the word-boundary prefix, whose character
-    class (see ``character_class``: the script for letters, the Unicode category otherwise) occurs in
-    the pieces of (2). So a word unseen in the texts still splits into known characters, not <unk>.
+    Always kept: (1) the special tokens; (2) the bare word-boundary piece and every single-character piece, with
+    or without the word-boundary prefix, whose character class (see ``character_class``: the script for letters,
+    the Unicode category otherwise) occurs in the texts' pieces, so an unseen word still splits into known
+    characters, not <unk>. Then (3) the pieces the texts tokenize into, most frequent first, and, with
+    teacher_prior, (4) the teacher's other pieces made only of characters the texts use (case-folded), by the
+    teacher's own unigram score (its estimate of how common a piece is), until max_pieces (None: no cap, no prior).
     """
     content = load_tokenizer_json(tokenizer_json)
     tokenizer = Tokenizer.from_str(json.dumps(content))
     vocab = content["model"]["vocab"]
     special_ids = {token["id"] for token in content["added_tokens"] if token["special"]}
-    seen_ids: set[int] = set()
-    for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
-        seen_ids.update(encoding.ids)
-    seen_ids -= special_ids
-    seen_classes = {character_class(char) for index in seen_ids for char in vocab[index][0].replace(WORD_BOUNDARY, "")}
-    character_ids = set()
+    texts = list(texts)
+    counts: Counter[int] = Counter()
+    for encoding in tokenizer.encode_batch(texts, add_special_tokens=False):
+        counts.update(encoding.ids)
+    for index in special_ids:
+        counts.pop(index, None)
+    seen_classes = {character_class(char) for index in counts for char in vocab[index][0].replace(WORD_BOUNDARY, "")}
+    required = set(special_ids)
     for index, (piece, _score) in enumerate(vocab):
         char = _single_character(piece)
         if char == WORD_BOUNDARY or (char is not None and character_class(char) in seen_classes):
-            character_ids.add(index)
-    return sorted(special_ids | seen_ids | character_ids)
+            required.add(index)
+    by_frequency = [index for index, _count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    candidates = by_frequency
+    if teacher_prior and max_pieces is not None:
+        characters = {char for text in texts for char in text.casefold()}
+        in_language = [index for index, (piece, _score) in enumerate(vocab)
+                       if index not in counts and index not in required and piece.replace(WORD_BOUNDARY, "")
+                       and all(char in characters for char in piece.replace(WORD_BOUNDARY, "").casefold())]
+        candidates = by_frequency + sorted(in_language, key=lambda index: (-vocab[index][1], index))
+    budget = len(candidates) if max_pieces is None else max(max_pieces - len(required), 0)
+    kept = set(required)
+    for index in candidates:
+        if len(kept) - len(required) >= budget:
+            break
+        kept.add(index)
+    return sorted(kept)
+
+
+@dataclass(frozen=True)
+class SegmentationFidelity:
+    """How a trimmed tokenizer segments texts compared with the teacher's.
+
+    identical_share: texts whose pieces are exactly the teacher's; extra_tokens: student tokens / teacher tokens
+    - 1; unknown_rate: share of the student's tokens that are <unk>.
+    """
+
+    identical_share: float
+    extra_tokens: float
+    unknown_rate: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"identical_share": round(self.identical_share, 4), "extra_tokens": round(self.extra_tokens, 4),
+                "unknown_rate": round(self.unknown_rate, 5)}
+
+
+def segmentation_fidelity(teacher_tokenizer: Tokenizer, student_tokenizer: Tokenizer, kept: Sequence[int],
+                          texts: Sequence[str], unk_token: str = "<unk>") -> SegmentationFidelity:
+    """Compare the student's segmentation of texts (mapped back to teacher ids via kept) with the teacher's."""
+    teacher = teacher_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    student = student_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    identical = sum([kept[index] for index in s.ids] == t.ids for s, t in zip(student, teacher))
+    teacher_tokens = sum(len(encoding.ids) for encoding in teacher)
+    student_tokens = sum(len(encoding.ids) for encoding in student)
+    if teacher_tokens == 0:
+        raise ValueError("the texts produce no tokens")
+    unk_id = student_tokenizer.token_to_id(unk_token)
+    unknown = sum(encoding.ids.count(unk_id) for encoding in student)
+    return SegmentationFidelity(identical / len(texts), student_tokens / teacher_tokens - 1,
+                                unknown / student_tokens)
+
+
+def student_segmentation(teacher_dir: Path, student_dir: Path, texts: Sequence[str]) -> dict[str, float]:
+    """segmentation_fidelity of a student folder's tokenizer against its teacher folder's, as a dict."""
+    kept = json.loads((student_dir / TEACHER_TOKEN_IDS_FILE).read_text(encoding="utf-8"))
+    return segmentation_fidelity(Tokenizer.from_file(str(teacher_dir / "tokenizer.json")),
+                                 Tokenizer.from_file(str(student_dir / "tokenizer.json")), kept, texts).as_dict()
 
 
 def _remap_post_processor(processor: dict[str, Any] | None, new_id: dict[int, int]) -> dict[str, Any] | None:
@@ -232,27 +291,36 @@ def _save_student(model: PreTrainedModel, tokenizer_json: dict[str, Any], kept: 
     )
 
 
+@dataclass(frozen=True)
+class VocabularySettings:
+    """How a student's trimmed vocabulary is chosen (see ``language_vocabulary``); None: no cap."""
+
+    max_pieces: int | None = None
+    teacher_prior: bool = False
+
+
 def _trimmed_vocabulary(teacher_dir: Path, texts: Iterable[str],
-                        extra_texts: Iterable[str] | None) -> tuple[dict[str, Any], list[int]]:
+                        vocabulary: VocabularySettings) -> tuple[dict[str, Any], list[int]]:
     teacher_tokenizer = load_tokenizer_json(teacher_dir / "tokenizer.json")
-    kept = language_vocabulary(teacher_tokenizer, chain(texts, extra_texts or ()))
+    kept = language_vocabulary(teacher_tokenizer, texts, vocabulary.max_pieces, vocabulary.teacher_prior)
     return trim_tokenizer(teacher_tokenizer, kept), kept
 
 
 def build_student_from_teacher(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
-                               output_dir: str | Path, extra_texts: Iterable[str] | None = None) -> StudentInfo:
+                               output_dir: str | Path,
+                               vocabulary: VocabularySettings = VocabularySettings()) -> StudentInfo:
     """A student made of teacher parts: the language's vocabulary rows and the chosen encoder layers.
 
     ``layers`` are 0-based teacher layers in increasing order; they become student layers 0..len-1.
     Position/type embeddings, LayerNorms, pooler and classifier are copied; labels keep their ids.
-    The vocabulary comes from ``texts`` plus ``extra_texts`` (see ``language_vocabulary``).
+    The vocabulary comes from ``texts`` (see ``language_vocabulary``).
     """
     teacher_dir, output_dir = Path(teacher_dir), Path(output_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     num_teacher_layers = teacher.config.num_hidden_layers
     if not layers or list(layers) != sorted(set(layers)) or not 0 <= layers[0] <= layers[-1] < num_teacher_layers:
         raise ValueError(f"layers must be increasing, distinct and within 0..{num_teacher_layers - 1}, got {layers}")
-    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, extra_texts)
+    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, vocabulary)
     config = _student_config(teacher.config, kept, num_hidden_layers=len(layers))
     student = AutoModelForSequenceClassification.from_config(config)
     student.load_state_dict(_student_state_dict(teacher.state_dict(), kept, layers), strict=True)
@@ -261,14 +329,14 @@ def build_student_from_teacher(teacher_dir: str | Path, texts: Iterable[str], la
 
 def build_scratch_student(teacher_dir: str | Path, texts: Iterable[str], hidden_size: int, num_layers: int,
                           num_heads: int, intermediate_size: int, output_dir: str | Path, seed: int,
-                          extra_texts: Iterable[str] | None = None) -> StudentInfo:
+                          vocabulary: VocabularySettings = VocabularySettings()) -> StudentInfo:
     """A smaller, randomly initialised BERT (seeded) on the language's trimmed teacher tokenizer.
 
     Everything not overridden (labels, positions, activation, dropout) follows the teacher's config.
     """
     teacher_dir, output_dir = Path(teacher_dir), Path(output_dir)
     teacher_config = AutoConfig.from_pretrained(teacher_dir)
-    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, extra_texts)
+    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, vocabulary)
     config = _student_config(teacher_config, kept, hidden_size=hidden_size, num_hidden_layers=num_layers,
                              num_attention_heads=num_heads, intermediate_size=intermediate_size)
     with torch.random.fork_rng(devices=[]):

@@ -6,6 +6,7 @@ stored as JSON (vocabulary, settings) plus safetensors (idf, coefficients), neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,44 @@ def fit_language(train_texts: list[str], train_labels: np.ndarray, validation_te
             best = (score, c, classifier)
     score, c, classifier = best
     return TfidfModel(vectorizer, classifier), c, float(score)
+
+
+def fold_of(row_id: str, folds: int) -> int:
+    """The cross-fitting fold of a row: a hash of its id, so it never depends on other rows or their labels."""
+    return int.from_bytes(hashlib.sha256(row_id.encode("utf-8")).digest()[:8], "big") % folds
+
+
+def fit_fixed(texts: list[str], labels: np.ndarray, settings: dict[str, Any], c: float) -> TfidfModel:
+    """A model fitted on texts with the given settings and C (no selection)."""
+    vectorizer = make_vectorizer(settings)
+    matrix = vectorizer.fit_transform(texts)
+    return TfidfModel(vectorizer, make_classifier(settings, c).fit(matrix, labels))
+
+
+def cross_fitted_probabilities(model_dir: Path, train: pd.DataFrame, labels: list[str], rows: pd.DataFrame,
+                               folds: int) -> np.ndarray:
+    """Probabilities for `rows` (columns text, origin_id) that never come from a model fitted on the row itself.
+
+    A row whose origin_id is a train id (a labelled row, or text derived from one) is scored by the model fitted on
+    the train rows of the other folds; any other row by the full model in model_dir. Folds follow `fold_of`; the
+    fold models use the full model's settings and C.
+    """
+    full = load_model(model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    probabilities = full.probabilities(rows["text"].tolist())
+    train_folds = train["id"].map(lambda row_id: fold_of(row_id, folds)).to_numpy()
+    row_folds = {row_id: fold for row_id, fold in zip(train["id"], train_folds)}
+    origin_folds = rows["origin_id"].map(row_folds).to_numpy()
+    label_ids = {label: index for index, label in enumerate(labels)}
+    gold = train["label"].map(label_ids).to_numpy()
+    for fold in range(folds):
+        scored = origin_folds == fold
+        if not scored.any():
+            continue
+        fitted = train_folds != fold
+        model = fit_fixed(train["text"][fitted].tolist(), gold[fitted], config["settings"], config["C"])
+        probabilities[scored] = model.probabilities(rows["text"][scored].tolist())
+    return probabilities
 
 
 def save_model(model: TfidfModel, directory: Path, settings: dict[str, Any]) -> None:
