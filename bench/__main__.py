@@ -15,7 +15,8 @@ from bench.common import REPO_ROOT, THREADS, machine_info, read_results, write_r
 from bench.report import ORDER, render_benchmarks, render_result
 
 MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quality", "sampling": "bench.sampling",
-           "reruns": "bench.reruns", "ablations": "bench.ablations"}
+           "reruns": "bench.reruns", "ablations": "bench.ablations", "seeds": "bench.seeds",
+           "transfer_sources": "bench.transfer_sources"}
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -5,13 +5,11 @@ k = 2, 3, 4 teacher layers. Each a short distillation (KD and CE-only students);
 from __future__ import annotations
 
 import copy
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 from sklearn.metrics import f1_score
 
 from bench.common import (
@@ -23,9 +21,10 @@ from bench.common import (
     require,
     summarize,
 )
+from bench.seeds import pipeline_paths
 from polydistill.distill import distill_language
 from polydistill.metrics import measure_speed, probabilities_from_model
-from polydistill.soft_labels import FINGERPRINT_FILE, SPLIT_FILES
+from polydistill.soft_labels import SoftLabelSettings, select_transfer_rows
 
 LANGUAGE = "sl"
 HIDDEN_LOSS_WEIGHT = 1.0
@@ -64,21 +63,16 @@ def configurations(distill: dict[str, Any], teacher_layers: int) -> dict[str, di
 
 
 def language_inputs(scratch: Path, rows: int, params: dict[str, Any]) -> dict[str, Path]:
-    """The language's first `rows` transfer rows (all when None) and their stored soft labels, copied."""
-    transfer = pd.read_parquet(require(REPO_ROOT / "data/balanced/transfer.parquet", "make run"))
-    soft_dir = require(REPO_ROOT / "data/soft_labels", "make run")
-    keep = transfer.index[transfer["lang"] == LANGUAGE][:rows]
+    """The language's first `rows` transfer rows (all when None) with their stored soft labels, and the default
+    run's other inputs."""
+    transfer = pd.read_parquet(require(REPO_ROOT / "data/transfer/transfer.parquet", "make run"))
+    keep = transfer[transfer["lang"] == LANGUAGE].iloc[:rows].reset_index(drop=True)
     copies = scratch / "inputs"
-    (copies / "soft_labels").mkdir(parents=True)
-    transfer.loc[keep].reset_index(drop=True).to_parquet(copies / "transfer.parquet", index=False)
-    soft_table = pq.read_table(soft_dir / SPLIT_FILES["transfer"])
-    pq.write_table(soft_table.take(list(keep)), copies / "soft_labels" / SPLIT_FILES["transfer"])
-    shutil.copy2(soft_dir / FINGERPRINT_FILE, copies / "soft_labels" / FINGERPRINT_FILE)
-    prepared = REPO_ROOT / "data/prepared"
-    return {"teacher": REPO_ROOT / "models/teacher", "tfidf": REPO_ROOT / "models/tfidf",
-            "soft_labels": copies / "soft_labels", "transfer": copies / "transfer.parquet",
-            "teacher_set": REPO_ROOT / "data/balanced/teacher.parquet", "train": prepared / "train.parquet",
-            "validation": prepared / "validation.parquet", "test": prepared / "test.parquet"}
+    copies.mkdir(parents=True)
+    keep.to_parquet(copies / "transfer.parquet", index=False)
+    select_transfer_rows(REPO_ROOT / "data/soft_labels", keep, copies / "soft_labels")
+    return {**pipeline_paths(LANGUAGE, scratch), "soft_labels": copies / "soft_labels",
+            "transfer": copies / "transfer.parquet"}
 
 
 def test_macro_f1(model_dir: Path, test: pd.DataFrame, labels: list[str], settings: dict[str, Any]) -> float:
@@ -104,7 +98,8 @@ def run(quick: bool) -> dict[str, Any]:
             settings["train"].update(epochs=sizes["epochs"], eval_every=sizes["eval_every"])
             paths = {**inputs, "output": scratch / f"out-{index}", "metrics": scratch / f"metrics-{index}.json",
                      "work": scratch / f"work-{index}"}
-            report = distill_language(LANGUAGE, paths, settings, params["soft_labels"], labels)
+            report = distill_language(LANGUAGE, paths, settings,
+                                      SoftLabelSettings.from_params(params["soft_labels"]), labels)
             runs[name] = {"student": report["student"], "steps": report["kd"]["steps"],
                           "kd_macro_f1": test_macro_f1(paths["output"] / "kd", test, labels, settings),
                           "ce_macro_f1": test_macro_f1(paths["output"] / "ce", test, labels, settings),

@@ -31,7 +31,7 @@ from bench.common import (
     summarize,
     target,
 )
-from polydistill.distill import KnowledgeDistillationLoss, build_student
+from polydistill.distill import KnowledgeDistillationLoss, build_student, encode_transfer
 from polydistill.metrics import model_size
 from polydistill.soft_labels import load_soft_labels, teacher_fingerprint
 from polydistill.teacher import encode_frame
@@ -91,13 +91,14 @@ def load_slice(teacher_dir: Path, student_dir: Path, rows: int,
     from transformers import AutoTokenizer
 
     labels = params["data"]["labels"]
-    transfer = pd.read_parquet(REPO_ROOT / "data/balanced/transfer.parquet")
-    expected = teacher_fingerprint(teacher_dir, labels, params["soft_labels"]["max_length"], None, None)
+    transfer = pd.read_parquet(REPO_ROOT / "data/transfer/transfer.parquet")
+    tfidf_dir = REPO_ROOT / "models/tfidf" if params["soft_labels"]["ensemble"] else None
+    expected = teacher_fingerprint(teacher_dir, labels, params["soft_labels"]["max_length"], tfidf_dir)
     logits = load_soft_labels(REPO_ROOT / "data/soft_labels", "transfer", transfer, expected)
     mask = (transfer["lang"] == LANGUAGE).to_numpy()
     frame = transfer[mask].reset_index(drop=True).iloc[:rows]
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    encoded = encode_frame(tokenizer, frame, labels, params["distill"]["train"]["max_length"])
+    encoded = encode_transfer(tokenizer, frame, labels, params["distill"]["train"]["max_length"])
     encoded.teacher_logits = logits[mask][:rows]
     return frame, encoded
 
