@@ -17,26 +17,31 @@ from bench.report import ORDER, render_benchmarks, render_result
 MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quality", "sampling": "bench.sampling",
            "reruns": "bench.reruns", "ablations": "bench.ablations", "seeds": "bench.seeds",
            "transfer_sources": "bench.transfer_sources"}
+PER_LANGUAGE = ("seeds", "transfer_sources")  # benchmarks that take --languages
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and fewer repeats (under 10 minutes)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(ORDER)}")
+    parser.add_argument("--languages", default="",
+                        help=f"comma-separated languages for {', '.join(PER_LANGUAGE)} (default: all of params.yaml)")
     arguments = parser.parse_args(argv)
     selected = [name.strip() for name in arguments.only.split(",") if name.strip()] or list(ORDER)
     unknown = sorted(set(selected) - set(MODULES))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(ORDER)}")
     arguments.selected = selected
+    arguments.languages = [lang.strip() for lang in arguments.languages.split(",") if lang.strip()] or None
     return arguments
 
 
-def run_one(name: str, quick: bool, command: str) -> dict:
+def run_one(name: str, quick: bool, command: str, languages: list[str] | None = None) -> dict:
     """Run one benchmark module; a failure becomes a result that says so (the others still run)."""
     started = time.perf_counter()
     try:
-        result = importlib.import_module(MODULES[name]).run(quick)
+        module = importlib.import_module(MODULES[name])
+        result = module.run(quick, languages) if name in PER_LANGUAGE else module.run(quick)
     except Exception as error:  # noqa: BLE001  (reported in the result and on stderr)
         traceback.print_exc()
         result = {"name": name, "title": f"{ORDER.index(name) + 1}. {name}", "skipped": f"failed: {error!r}"}
@@ -59,7 +64,7 @@ def main(argv: list[str]) -> int:
     machine = machine_info()
     failed = []
     for name in arguments.selected:
-        result = run_one(name, arguments.quick, command.strip())
+        result = run_one(name, arguments.quick, command.strip(), arguments.languages)
         result["machine"] = machine
         write_result(result)
         print(render_result(result, markdown=False), flush=True)

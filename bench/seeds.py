@@ -58,8 +58,9 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def run(quick: bool) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
+def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
+    """languages: a subset to run (default: the mode's languages)."""
+    sizes = {**SIZES["quick" if quick else "full"], **({"languages": languages} if languages else {})}
     params = load_project_params()
     labels, languages = params["data"]["labels"], sizes["languages"] or params["data"]["languages"]
     base_seed = params["distill"]["train"]["seed"]

@@ -39,8 +39,9 @@ def configuration_sets(transfer: pd.DataFrame, labelled_only: pd.DataFrame, seed
             CONFIGURATIONS[2]: transfer.reset_index(drop=True)}
 
 
-def run(quick: bool) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
+def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
+    """languages: a subset to run (default: the mode's languages)."""
+    sizes = {**SIZES["quick" if quick else "full"], **({"languages": languages} if languages else {})}
     params = load_project_params()
     labels = params["data"]["labels"]
     soft_settings = SoftLabelSettings.from_params(params["soft_labels"])
