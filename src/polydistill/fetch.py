@@ -185,6 +185,14 @@ def map_labels(source: CorpusSource, raw_rows: list[RawRow]) -> tuple[list[dict[
     return rows, dict(sorted(dropped.items()))
 
 
+def archive_provenance(archive: PinnedArchive, archive_path: Path, members: Sequence[str], licence: str, lang: str,
+                       domain: str) -> dict[str, Any]:
+    """Where a source's rows come from: the pinned archive, the file(s) read out of it, licence, language, domain."""
+    return {"package": archive.package, "version": archive.version, "kind": archive.kind,
+            "archive_file": archive_path.name, "sha256": archive.sha256, "members": list(members),
+            "licence": licence, "language": lang, "domain": domain}
+
+
 def _read_source(
     source: CorpusSource, cache_dir: Path, retries: int, backoff_seconds: float
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
@@ -192,15 +200,8 @@ def _read_source(
     raw_rows = source.reader(*(read_member(archive_path, member) for member in source.members))
     rows, dropped = map_labels(source, raw_rows)
     provenance = {
-        "package": source.archive.package,
-        "version": source.archive.version,
-        "kind": source.archive.kind,
-        "archive_file": archive_path.name,
-        "sha256": source.archive.sha256,
-        "members": list(source.members),
-        "licence": source.licence,
-        "language": source.lang,
-        "domain": source.domain,
+        **archive_provenance(source.archive, archive_path, source.members, source.licence, source.lang,
+                             source.domain),
         "label_scheme": source.label_scheme,
         "label_map": source.label_map,
         "rows_read": len(raw_rows),

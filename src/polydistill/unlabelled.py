@@ -239,15 +239,8 @@ def _read_source(source: UnlabelledSource, cache_dir: Path, retries: int, backof
     rows = [{"text": text, "lang": source.lang, "source": source.name, "in_domain": source.in_domain}
             for text in kept]
     provenance = {
-        "package": source.archive.package,
-        "version": source.archive.version,
-        "kind": source.archive.kind,
-        "archive_file": archive_path.name,
-        "sha256": source.archive.sha256,
-        "members": list(source.members),
-        "licence": source.licence,
-        "language": source.lang,
-        "domain": source.domain,
+        **fetch.archive_provenance(source.archive, archive_path, source.members, source.licence, source.lang,
+                                   source.domain),
         "in_domain": source.in_domain,
         "rows_read": len(texts),
         "rows_dropped": dropped,
