@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import REPO_ROOT, format_summary, interleave, load_project_params, paired_ratios, require, target
-from polydistill.metrics import measure_speed, model_size
+from polydistill.model.metrics import measure_speed, model_size
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from harness import free_port, wait_for_http  # noqa: E402
@@ -84,7 +84,7 @@ def language_rows(comparison: dict[str, Any]) -> list[list[str]]:
 
 def champion_router(params: dict[str, Any]) -> tuple[str | None, str]:
     """(tracking URI, why not) of the champion router: URI None with the reason when there is none."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     settings = params["registry"]
     uri = registry.tracking_uri(REPO_ROOT, settings.get("tracking_uri"))
@@ -112,7 +112,7 @@ def post(url: str, records: list[dict[str, str]]) -> float:
 
 def serve_router(uri: str, params: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen:
     """`mlflow models serve` of the champion router on 127.0.0.1:port, once /ping answers."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     model = f"models:/{registry.router_model_name(params['registry']['prefix'])}@{registry.CHAMPION}"
     environment = {**os.environ, "MLFLOW_TRACKING_URI": uri,

@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 @task(name="log-pipeline-run", retries=2, retry_delay_seconds=[5, 20])
 def log_pipeline_run_task(root: Path, params: dict[str, Any]) -> dict:
     """One parent MLflow run with nested teacher and language runs; each KD student registered as challenger."""
-    from polydistill.registry import log_pipeline_run
+    from polydistill.ops.registry import log_pipeline_run
 
     record = log_pipeline_run(root, params)
     get_run_logger().info("MLflow run %s registered %s", record["run_id"],
@@ -23,7 +23,7 @@ def log_pipeline_run_task(root: Path, params: dict[str, Any]) -> dict:
 @task(name="promote")
 def promote_task(root: Path, settings: dict[str, Any], lang: str, version: str) -> dict:
     """Run the promotion gate on a new version and log every reason."""
-    from polydistill.registry import promote
+    from polydistill.ops.registry import promote
 
     result = promote(root, settings, lang, version)
     logger = get_run_logger()
@@ -36,7 +36,7 @@ def promote_task(root: Path, settings: dict[str, Any], lang: str, version: str) 
 @task(name="router", retries=2, retry_delay_seconds=[5, 20])
 def router_task(root: Path, settings: dict[str, Any], languages: list[str]) -> str | None:
     """Bundle the champions into a new router version (None while a language has no champion)."""
-    from polydistill.registry import register_router
+    from polydistill.ops.registry import register_router
 
     version = register_router(root, settings, languages)
     get_run_logger().info("router version %s", version)

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES, fixture_params
 
-from polydistill.ingest import CorpusLoadError, acquire_corpus
-from polydistill.prepare import prepare_corpus
-from polydistill.validate import DataValidationError, validate_prepared
+from polydistill.data.ingest import CorpusLoadError, acquire_corpus
+from polydistill.data.prepare import prepare_corpus
+from polydistill.data.validate import DataValidationError, validate_prepared
 
 Rows = list[dict]
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import load_project_params, write_evaluation
 from typer.testing import CliRunner
 
-from polydistill import registry
 from polydistill.cli import app
+from polydistill.ops import registry
 
 COMMANDS = ("run", "predict", "promote", "rollback", "status", "serve", "schedule", "ui")
 

@@ -13,10 +13,10 @@ from conftest import REPO_ROOT, fixture_texts
 from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 from transformers import AutoModelForSequenceClassification
 
-from polydistill.distill import distill_language
-from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels
-from polydistill.tfidf import fit_baselines
-from polydistill.transfer import TransferSettings, compose_transfer
+from polydistill.data.transfer import TransferSettings, compose_transfer
+from polydistill.model.distill import distill_language
+from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels
+from polydistill.model.tfidf import fit_baselines
 
 LABELS = ["negative", "positive"]
 SOFT = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32, batch_size=16,

@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from polydistill.metrics import (
+from polydistill.model.metrics import (
     bootstrap_macro_f1,
     classification_metrics,
     expected_calibration_error,

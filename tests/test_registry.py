@@ -9,7 +9,7 @@ import pytest
 from conftest import REGISTRY_LANGUAGES, load_project_params, write_evaluation, write_params
 from mlflow import MlflowClient
 
-from polydistill import registry
+from polydistill.ops import registry
 
 GATE = {"min_macro_f1": 0.5, "min_retention": 0.9, "max_f1_drop": 0.01, "require_ci_overlap": True}
 CHAMPION_METRICS = {"macro_f1": 0.80, "macro_f1_ci_low": 0.74, "macro_f1_ci_high": 0.86, "retention": 0.95,

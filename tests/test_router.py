@@ -26,7 +26,7 @@ from conftest import (
 )
 from mlflow.exceptions import MlflowException
 
-from polydistill import registry
+from polydistill.ops import registry
 
 MIXED = pd.DataFrame({"text": [
     "The film was a delight from start to finish.",

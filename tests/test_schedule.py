@@ -26,7 +26,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from polydistill import registry
+from polydistill.ops import registry
 
 DEPLOYMENT = "polydistill-pipeline/nightly"
 LANGUAGES = ("en", "sl", "zh")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from polydistill.training import (
+from polydistill.model.training import (
     EncodedSet,
     TrainSettings,
     bucketed_batches,

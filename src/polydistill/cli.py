@@ -61,7 +61,7 @@ def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify."
 
     Prints one tab-separated line per text: lang, label, score, student version, text.
     """
-    from polydistill import registry
+    from polydistill.ops import registry
 
     root, params = project()
     try:
@@ -74,7 +74,7 @@ def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify."
 
 
 def refresh_router(root: Path, params: dict[str, Any]) -> None:
-    from polydistill import registry
+    from polydistill.ops import registry
 
     version = registry.register_router(root, params["registry"], params["data"]["languages"])
     typer.echo(f"router: version {version}" if version else "router: not built (a language has no champion)")
@@ -85,7 +85,7 @@ def promote(lang: Annotated[str, typer.Option(help="Language of the student.")],
             version: Annotated[int | None, typer.Option(help="Version to promote (default: the challenger).")] = None,
             force: Annotated[bool, typer.Option(help="Promote even if the gate refuses.")] = False) -> None:
     """Promote a student version to champion if it passes the gate (exit status 1 when refused)."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     root, params = project()
     result = registry.promote(root, params["registry"], lang, version, force)
@@ -101,7 +101,7 @@ def promote(lang: Annotated[str, typer.Option(help="Language of the student.")],
 @app.command()
 def rollback(lang: Annotated[str, typer.Option(help="Language of the student.")]) -> None:
     """Make the previous champion champion again (refused when there is none)."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     root, params = project()
     try:
@@ -120,7 +120,7 @@ def format_cell(value: Any, pattern: str) -> str:
 @app.command()
 def status() -> None:
     """A table of each language's champion and challenger with the champion's macro-F1, retention, size, date."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     root, params = project()
     rows = registry.status(root, params["registry"], params["data"]["languages"])
@@ -135,7 +135,7 @@ def status() -> None:
 def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1") -> None:
     """Serve the champion router over HTTP (mlflow models serve, local environment): POST /invocations."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     root, params = project()
     settings = params["registry"]
@@ -163,7 +163,7 @@ def schedule() -> None:
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
        start: Annotated[bool, typer.Option(help="Start the UI instead of printing the command.")] = False) -> None:
     """Print (or start) the MLflow UI on the project's tracking store."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     root, params = project()
     command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",

@@ -7,7 +7,7 @@ Never a file store: every run goes to the named experiment, never to the default
 in ./mlruns).
 
 Registered models: `<prefix>-student-<lang>` (one Hugging Face student per language, transformers flavor) and
-`<prefix>-router` (see polydistill.router). Aliases: `challenger` for the newest unpromoted version, `champion` for
+`<prefix>-router` (see polydistill.ops.router). Aliases: `challenger` for the newest unpromoted version, `champion` for
 the one that serves. The registered model tag `champion_history` is the stack of champion versions that `rollback`
 pops; versions are never deleted.
 """
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polydistill.archives import sha256_of
+from polydistill.data.archives import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ def register_router(root: Path, settings: Mapping[str, Any], languages: list[str
     import mlflow
     import pandas as pd
 
-    from polydistill import router
+    from polydistill.ops import router
 
     client = connect(root, settings)
     versions = {lang: alias_version_or_none(client, student_model_name(settings["prefix"], lang), CHAMPION)

@@ -16,15 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polydistill.losses import (
+from polydistill.model.losses import (
     IGNORE_LABEL,
     HiddenProjector,
     distillation_loss,
     hidden_state_loss,
     kept_layer_map,
 )
-from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels, load_soft_labels, teacher_fingerprint
-from polydistill.student import (
+from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels, load_soft_labels, teacher_fingerprint
+from polydistill.model.student import (
     TEACHER_TOKEN_IDS_FILE,
     StudentInfo,
     VocabularySettings,
@@ -32,8 +32,8 @@ from polydistill.student import (
     build_student_from_teacher,
     student_segmentation,
 )
-from polydistill.teacher import encode_frame, fine_tune, run_key
-from polydistill.training import Batch, EncodedSet, TrainSettings, train_classifier
+from polydistill.model.teacher import encode_frame, fine_tune, run_key
+from polydistill.model.training import Batch, EncodedSet, TrainSettings, train_classifier
 
 VARIANTS = ("kd", "ce")
 KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read

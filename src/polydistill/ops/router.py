@@ -1,6 +1,6 @@
 """One serving model for every language: an MLflow pyfunc that routes each text to its language's champion student.
 
-The router is logged by polydistill.registry.register_router as an MLflow "model from code": this file travels with
+The router is logged by polydistill.ops.registry.register_router as an MLflow "model from code": this file travels with
 the model (no pickle, no polydistill install needed to serve it), with each champion student as an artifact and a
 model_config of {languages, student_versions, max_length, batch_size}. A text goes to the student named by its
 `lang` column when given, otherwise to the language that lingua detects among the configured ones (lingua: a

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from polydistill.archives import sha256_of
+from polydistill.data.archives import sha256_of
 
 CANONICAL_COLUMNS = ("text", "label", "lang")
 FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -27,7 +27,7 @@ class CorpusLoadError(ValueError):
 def acquire_corpus(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, root: Path) -> dict:
     """Write the raw corpus for the configured source into output_dir and return its provenance."""
     if data["source"] == "embedded":
-        from polydistill.fetch import fetch_corpus
+        from polydistill.data.fetch import fetch_corpus
 
         return fetch_corpus(output_dir, root / fetch["cache_dir"], fetch["retries"], fetch["backoff_seconds"],
                             languages=data["languages"])
