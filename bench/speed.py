@@ -84,15 +84,15 @@ def language_rows(comparison: dict[str, Any]) -> list[list[str]]:
 
 def champion_router(params: dict[str, Any]) -> tuple[str | None, str]:
     """(tracking URI, why not) of the champion router: URI None with the reason when there is none."""
-    from polydistill.ops import registry
+    from polydistill.ops import registry, tracking
 
     settings = params["registry"]
-    uri = registry.tracking_uri(REPO_ROOT, settings.get("tracking_uri"))
+    uri = tracking.tracking_uri(REPO_ROOT, settings.get("tracking_uri"))
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None, f"no MLflow store at {uri} (the register stage has not run)"
-    client = registry.connect(REPO_ROOT, settings)
+    client = tracking.connect(REPO_ROOT, settings)
     name = registry.router_model_name(settings["prefix"])
-    if registry.alias_version_or_none(client, name, registry.CHAMPION) is None:
+    if registry.alias_version(client, name, registry.CHAMPION) is None:
         return None, f"the registry has no champion '{name}'"
     return uri, ""
 

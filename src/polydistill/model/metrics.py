@@ -281,12 +281,19 @@ def measure_speed(model_dir: Path, texts: list[str], threads: int, max_length: i
 
 def probabilities_from_model(model_dir: Path, texts: list[str], max_length: int, batch_size: int,
                              threads: int) -> np.ndarray:
-    """Softmax class probabilities [N, K] in the order of `texts` (batched by token length, dynamic padding)."""
+    """Softmax class probabilities [N, K] of a Hugging Face folder's classifier, in the order of `texts`."""
     tokenizer, model = load_classifier(Path(model_dir))
+    with torch_threads(threads):
+        return classifier_probabilities(tokenizer, model, texts, max_length, batch_size)
+
+
+def classifier_probabilities(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, texts: list[str],
+                             max_length: int, batch_size: int) -> np.ndarray:
+    """Softmax class probabilities [N, K] in the order of `texts` (batched by token length, dynamic padding)."""
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch_threads(threads), torch.inference_mode():
+    with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt")
