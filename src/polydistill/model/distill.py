@@ -189,7 +189,7 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
                               for split in ("validation", "test")}
     report["transfer_rows"] = frames["transfer"]["source"].str.split(":").str[0].value_counts().to_dict()
     for variant in VARIANTS:
-        loss = _loss_for(variant, settings, teacher_dir, output / "initial", info)
+        loss = distillation_loss_for(variant, settings, teacher_dir, output / "initial", info)
         train_frame = frames["transfer"] if variant == "kd" else frames["labelled_transfer"]
         key = _student_run_key(variant, lang, settings, output / "initial",
                                paths["transfer"] if variant == "kd" else paths["labelled_transfer"], soft_dir)
@@ -218,7 +218,7 @@ def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_
     return run_key({**settings, "variant": variant, "lang": lang}, *inputs)
 
 
-def _loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,
+def distillation_loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,
               info: StudentInfo) -> KnowledgeDistillationLoss | None:
     if variant == "ce":
         return None
