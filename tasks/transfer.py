@@ -8,8 +8,11 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="unlabelled", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="unlabelled", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def unlabelled_task(settings: dict[str, Any], fetch: dict[str, Any], languages: list[str], output_dir: Path,
                     root: Path) -> dict:
     """Fetch (embedded) or read (a user's file) unlabelled in-language text into output_dir."""
