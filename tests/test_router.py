@@ -150,6 +150,25 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
+def load_run(url: str, clients: int, requests_per_client: int) -> dict[str, float]:
+    """Concurrent clients posting the mixed batch (bounded in count; 127.0.0.1 only): p50, p99, errors."""
+    import statistics
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one_request(_: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        status, _ = post(url, {"dataframe_records": MIXED.to_dict("records")})
+        return status, (time.perf_counter() - started) * 1000
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = list(pool.map(one_request, range(clients * requests_per_client)))
+    latencies = sorted(latency for _, latency in results)
+    return {"requests": len(results), "errors": sum(status != 200 for status, _ in results),
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
+
+
 @pytest.mark.slow
 def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_project: Path) -> None:
     port = free_port()
@@ -180,6 +199,9 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
         assert 400 <= status < 500, body
         status, _ = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")[:1]})
         assert status == 200, "the server keeps answering after bad requests"
+        report = load_run(f"{base}/invocations", clients=4, requests_per_client=10)
+        print(f"load run, 4 clients x 10 requests of {len(MIXED)} texts: {report}")
+        assert report["errors"] == 0 and report["p99_ms"] >= report["p50_ms"] > 0
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
