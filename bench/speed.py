@@ -115,7 +115,8 @@ def serve_router(uri: str, params: dict[str, Any], port: int, log_path: Path) ->
     from polydistill.ops import registry
 
     model = f"models:/{registry.router_model_name(params['registry']['prefix'])}@{registry.CHAMPION}"
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
+                   # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log_path, "w") as log:
         server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model,

@@ -31,6 +31,7 @@ from polydistill.config import set_offline_environment
 set_offline_environment()
 # `make test` exports the project's tracking URI; tests must never register into the project's own registry.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 @pytest.fixture(scope="session")

@@ -157,7 +157,8 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
     settings = params["registry"]
     name = registry.router_model_name(settings["prefix"])
     uri = tracking.tracking_uri(root, settings.get("tracking_uri"))
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
+                   # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its uvicorn
     client = tracking.connect(root, settings)
     while True:
