@@ -1,4 +1,4 @@
-"""Benchmark 6: ablations on one small language with the stored soft labels (polydistill.distill.distill_language):
+"""Benchmark 6: ablations on one small language with the stored soft labels (model.distill.distill_language):
 student from teacher layers + trimmed vocabulary vs a scratch student, with vs without the hidden-state term, and
 k = 2, 3, 4 teacher layers. Each a short distillation (KD and CE-only students); test macro-F1, params, throughput."""
 
@@ -22,9 +22,9 @@ from bench.common import (
     summarize,
 )
 from bench.seeds import pipeline_paths
-from polydistill.distill import distill_language
-from polydistill.metrics import measure_speed, probabilities_from_model
-from polydistill.soft_labels import SoftLabelSettings, select_transfer_rows
+from polydistill.model.distill import distill_language
+from polydistill.model.metrics import measure_speed, probabilities_from_model
+from polydistill.model.soft_labels import SoftLabelSettings, select_transfer_rows
 
 LANGUAGE = "sl"
 HIDDEN_LOSS_WEIGHT = 1.0

@@ -31,11 +31,11 @@ from bench.common import (
     summarize,
     target,
 )
-from polydistill.distill import KnowledgeDistillationLoss, build_student, encode_transfer
-from polydistill.metrics import model_size
-from polydistill.soft_labels import load_soft_labels, teacher_fingerprint
-from polydistill.teacher import encode_frame
-from polydistill.training import Batch, EncodedSet, TrainSettings, make_optimizer, train_classifier
+from polydistill.model.distill import KnowledgeDistillationLoss, build_student, encode_transfer
+from polydistill.model.metrics import model_size
+from polydistill.model.soft_labels import load_soft_labels, teacher_fingerprint
+from polydistill.model.teacher import encode_frame
+from polydistill.model.training import Batch, EncodedSet, TrainSettings, make_optimizer, train_classifier
 
 SIZES = {
     "quick": {"steps": 4, "repeats": 2, "peak_size": 1024, "peak_repeats": 5, "validation_rows": 16},

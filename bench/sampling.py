@@ -1,5 +1,5 @@
-"""Benchmark 4: balanced sampling. For each alpha, a reduced teacher fine-tuning (polydistill.balance sample of the
-real prepared train split, polydistill.teacher.fine_tune from the pretrained encoder, one epoch), then each
+"""Benchmark 4: balanced sampling. For each alpha, a reduced teacher fine-tuning (polydistill.data.balance sample of the
+real prepared train split, polydistill.model.teacher.fine_tune from the pretrained encoder, one epoch), then each
 language's test macro-F1."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, load_project_params, require
-from polydistill.balance import sample_balanced
-from polydistill.metrics import probabilities_from_model
-from polydistill.student import build_student_from_teacher
-from polydistill.teacher import fine_tune
+from polydistill.data.balance import sample_balanced
+from polydistill.model.metrics import probabilities_from_model
+from polydistill.model.student import build_student_from_teacher
+from polydistill.model.teacher import fine_tune
 
 ALPHAS = (1.0, 0.7, 0.3, 0.0)
 SIZES = {

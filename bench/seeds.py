@@ -18,9 +18,9 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, load_project_params, require, target
-from polydistill.distill import distill_language
-from polydistill.metrics import probabilities_from_model
-from polydistill.soft_labels import SoftLabelSettings
+from polydistill.model.distill import distill_language
+from polydistill.model.metrics import probabilities_from_model
+from polydistill.model.soft_labels import SoftLabelSettings
 
 SIZES = {"quick": {"seeds": 2, "languages": ["es"], "epochs": 1}, "full": {"seeds": 3, "languages": None,
                                                                            "epochs": None}}

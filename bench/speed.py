@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import REPO_ROOT, format_summary, interleave, load_project_params, paired_ratios, require, target
-from polydistill.metrics import measure_speed, model_size
+from polydistill.model.metrics import measure_speed, model_size
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from harness import free_port, wait_for_http  # noqa: E402
@@ -84,15 +84,15 @@ def language_rows(comparison: dict[str, Any]) -> list[list[str]]:
 
 def champion_router(params: dict[str, Any]) -> tuple[str | None, str]:
     """(tracking URI, why not) of the champion router: URI None with the reason when there is none."""
-    from polydistill import registry
+    from polydistill.ops import registry, tracking
 
     settings = params["registry"]
-    uri = registry.tracking_uri(REPO_ROOT, settings.get("tracking_uri"))
+    uri = tracking.tracking_uri(REPO_ROOT, settings.get("tracking_uri"))
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None, f"no MLflow store at {uri} (the register stage has not run)"
-    client = registry.connect(REPO_ROOT, settings)
+    client = tracking.connect(REPO_ROOT, settings)
     name = registry.router_model_name(settings["prefix"])
-    if registry.alias_version_or_none(client, name, registry.CHAMPION) is None:
+    if registry.alias_version(client, name, registry.CHAMPION) is None:
         return None, f"the registry has no champion '{name}'"
     return uri, ""
 
@@ -112,10 +112,11 @@ def post(url: str, records: list[dict[str, str]]) -> float:
 
 def serve_router(uri: str, params: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen:
     """`mlflow models serve` of the champion router on 127.0.0.1:port, once /ping answers."""
-    from polydistill import registry
+    from polydistill.ops import registry
 
     model = f"models:/{registry.router_model_name(params['registry']['prefix'])}@{registry.CHAMPION}"
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
+                   # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log_path, "w") as log:
         server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model,

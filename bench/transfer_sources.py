@@ -20,9 +20,9 @@ import pandas as pd
 
 from bench.common import REPO_ROOT, load_project_params, require
 from bench.seeds import macro_f1, pipeline_paths
-from polydistill.distill import distill_language
-from polydistill.soft_labels import SoftLabelSettings, select_transfer_rows
-from polydistill.transfer import AUGMENTED, LABELLED
+from polydistill.data.transfer import AUGMENTED, LABELLED
+from polydistill.model.distill import distill_language
+from polydistill.model.soft_labels import SoftLabelSettings, select_transfer_rows
 
 SIZES = {"quick": {"languages": ["es"], "epochs": 1}, "full": {"languages": None, "epochs": None}}
 CONFIGURATIONS = ("labelled only", "+ unlabelled", "+ augmentation (default)")

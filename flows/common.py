@@ -20,10 +20,10 @@ def stage_context() -> tuple[Path, dict[str, Any]]:
 
 def run_stage(flow: Flow, *arguments: Any) -> None:
     """Run a stage flow; a known input error ends the process with its message and exit status 1."""
-    from polydistill.archives import ArchiveDownloadError, ArchiveHashMismatch
-    from polydistill.ingest import CorpusLoadError
-    from polydistill.soft_labels import SoftLabelMismatch
-    from polydistill.validate import DataValidationError
+    from polydistill.data.archives import ArchiveDownloadError, ArchiveHashMismatch
+    from polydistill.data.ingest import CorpusLoadError
+    from polydistill.data.validate import DataValidationError
+    from polydistill.model.soft_labels import SoftLabelMismatch
 
     started = time.perf_counter()
     try:

@@ -21,13 +21,14 @@ def register_flow() -> dict:
         decision = promote_task(root, settings, lang, entry["version"]) if settings["auto_promote"] else None
         report["languages"][lang] = {
             "version": int(entry["version"]),
+            "reused": entry["reused"],
             "macro_f1": entry["metrics"]["macro_f1"],
             "retention": entry["metrics"]["retention"],
             "promoted": bool(decision and decision["promoted"]),
             "champion": int(decision["champion"]) if decision and decision["champion"] else None,
             "reasons": decision["reasons"] if decision else ["auto_promote is off"],
         }
-    router_version = router_task(root, settings, languages)
+    router_version = router_task(root, settings, languages)  # the languages that have a champion
     report["router_version"] = int(router_version) if router_version else None
     path = root / "metrics/registry.json"
     path.parent.mkdir(parents=True, exist_ok=True)

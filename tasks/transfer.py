@@ -8,12 +8,15 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.retry import retry_transient
 
-@task(name="unlabelled", retries=2, retry_delay_seconds=[5, 20])
+
+@task(name="unlabelled", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def unlabelled_task(settings: dict[str, Any], fetch: dict[str, Any], languages: list[str], output_dir: Path,
                     root: Path) -> dict:
     """Fetch (embedded) or read (a user's file) unlabelled in-language text into output_dir."""
-    from polydistill.unlabelled import acquire_unlabelled
+    from polydistill.data.unlabelled import acquire_unlabelled
 
     provenance = acquire_unlabelled(settings, fetch, languages, output_dir, root)
     get_run_logger().info("unlabelled texts per source: %s",
@@ -25,7 +28,7 @@ def unlabelled_task(settings: dict[str, Any], fetch: dict[str, Any], languages: 
 def transfer_task(train_path: Path, held_out_paths: list[Path], unlabelled_path: Path, output_dir: Path,
                   report_path: Path, settings: dict[str, Any]) -> dict:
     """Compose the KD transfer set and the labelled CE set of every language."""
-    from polydistill.transfer import TransferSettings, build_transfer_set
+    from polydistill.data.transfer import TransferSettings, build_transfer_set
 
     report = build_transfer_set(train_path, held_out_paths, unlabelled_path, output_dir, report_path,
                                 TransferSettings.from_params(settings))

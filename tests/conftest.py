@@ -31,6 +31,7 @@ from polydistill.config import set_offline_environment
 set_offline_environment()
 # `make test` exports the project's tracking URI; tests must never register into the project's own registry.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 @pytest.fixture(scope="session")
@@ -123,21 +124,91 @@ def write_evaluation(root: Path, lang: str, macro_f1: float, ci: tuple[float, fl
     path.write_text(json.dumps(evaluation), encoding="utf-8")
 
 
+VALIDATION_ROWS = 24  # per language, from the fixture corpus
+
+
+def student_labels(folder: Path, texts: list[str]) -> list[str]:
+    """The labels a student folder predicts, scored as the promotion gate scores a registered version."""
+    from polydistill.model.metrics import probabilities_from_model
+
+    router = registry_settings()["router"]
+    probabilities = probabilities_from_model(folder, texts, router["max_length"], router["batch_size"], threads=1)
+    names = json.loads((folder / "config.json").read_text(encoding="utf-8"))["id2label"]
+    return [names[str(index)] for index in probabilities.argmax(axis=1)]
+
+
+def write_validation(root: Path, labels_by_lang: dict[str, tuple[list[str], list[str]]]) -> None:
+    """data/prepared/validation.parquet with these (texts, labels) per language."""
+    import pandas as pd
+
+    frames = [pd.DataFrame({"id": [f"{lang}-v{index:03d}" for index in range(len(texts))], "text": texts,
+                            "label": labels, "lang": lang, "source": "fixture"})
+              for lang, (texts, labels) in labels_by_lang.items()]
+    path = root / "data/prepared/validation.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
+
+
+def validation_texts(lang: str) -> list[str]:
+    rows = [json.loads(line) for line in (FIXTURES / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [row["text"] for row in rows if row["lang"] == lang][:VALIDATION_ROWS]
+
+
+def prepare_registry_workspace(root: Path, mlflow_db_template: Path, students: dict[str, Path]) -> dict:
+    """A project folder as the register stage sees it: params, students, evaluations, a validation split on which
+    each student is right by construction (its own predictions are the gold labels, teacher macro-F1 1.0) and its
+    own mlflow.db. Returns the params."""
+    params = fixture_params(list(students))
+    params["registry"] = registry_settings()
+    root.mkdir(parents=True)
+    write_params(root, params)
+    shutil.copy2(mlflow_db_template, root / "mlflow.db")
+    for lang, student in students.items():
+        shutil.copytree(student, root / f"models/students/{lang}/kd")
+        write_evaluation(root, lang, 0.80, (0.74, 0.86), 0.95)
+    write_validation(root, {lang: (validation_texts(lang), student_labels(student, validation_texts(lang)))
+                            for lang, student in students.items()})
+    teacher = {lang: {"ensemble": 1.0} for lang in students}
+    (root / "metrics/soft_labels.json").write_text(json.dumps({"validation_macro_f1": teacher}), encoding="utf-8")
+    return params
+
+
 @pytest.fixture
 def registry_project(tmp_path: Path, mlflow_db_template: Path, tiny_students: dict[str, Path],
                      monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder as the register stage sees it: params, students, evaluations, and its own mlflow.db."""
+    """prepare_registry_workspace for the registry languages."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = tmp_path / "project"
-    params = fixture_params(list(REGISTRY_LANGUAGES))
-    params["registry"] = registry_settings()
-    root.mkdir()
-    write_params(root, params)
-    shutil.copy2(mlflow_db_template, root / "mlflow.db")
-    for lang, student in tiny_students.items():
-        shutil.copytree(student, root / f"models/students/{lang}/kd")
-        write_evaluation(root, lang, 0.80, (0.74, 0.86), 0.95)
+    prepare_registry_workspace(root, mlflow_db_template, tiny_students)
     return root
+
+
+def least_predicted_label(student: Path, lang: str) -> str:
+    """The label a student predicts least often on lang's validation texts."""
+    predicted = student_labels(student, validation_texts(lang))
+    labels = json.loads((student / "config.json").read_text(encoding="utf-8"))["id2label"].values()
+    return min(labels, key=predicted.count)
+
+
+def worse_copy(student: Path, destination: Path, lang: str) -> Path:
+    """A copy of a student that always answers its least predicted label: worse than the student on the
+    validation split prepare_registry_workspace writes (where the student is right on every row)."""
+    return biased_copy(student, destination, least_predicted_label(student, lang))
+
+
+def biased_copy(student: Path, destination: Path, label: str) -> Path:
+    """A copy of a student whose classifier always answers `label`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    if Path(student).resolve() != Path(destination).resolve():
+        shutil.copytree(student, destination, dirs_exist_ok=True)
+    model = AutoModelForSequenceClassification.from_pretrained(student)
+    with torch.no_grad():
+        model.classifier.bias.zero_()
+        model.classifier.bias[model.config.label2id[label]] = 100.0
+    model.save_pretrained(destination)
+    return destination
 
 
 def load_project_params(root: Path) -> dict:

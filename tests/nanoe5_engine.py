@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polydistill.archives import read_member
+from polydistill.data.archives import read_member
 
 SHIM_SOURCE = """#include "e5.c"
 int e5_test_content_ids(e5_model *m, const char *text, int *out, int cap) {

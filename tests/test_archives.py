@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polydistill.archives import ArchiveHashMismatch, PinnedArchive, download_archive, read_member
+from polydistill.data.archives import ArchiveHashMismatch, PinnedArchive, download_archive, read_member
 
 
 @pytest.mark.slow

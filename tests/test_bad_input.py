@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES, fixture_params
 
-from polydistill.ingest import CorpusLoadError, acquire_corpus
-from polydistill.prepare import prepare_corpus
-from polydistill.validate import DataValidationError, validate_prepared
+from polydistill.data.ingest import CorpusLoadError, acquire_corpus, read_user_corpus
+from polydistill.data.prepare import prepare_corpus
+from polydistill.data.validate import DataValidationError, validate_prepared
 
 Rows = list[dict]
 
@@ -100,12 +100,33 @@ def test_text_in_two_splits_fails_validation(tmp_path: Path, gx_root: Path) -> N
     assert not report.exists()
 
 
-@pytest.mark.parametrize(("case", "corpus", "expected"), [
-    ("missing column", b'{"text": "fine", "label": "positive"}\n', "'lang'"),
-    ("invalid UTF-8", b'{"text": "caf\xe9", "label": "positive", "lang": "en"}\n', "not valid UTF-8"),
-], ids=["missing column", "invalid UTF-8"])
-def test_unreadable_input_fails_at_load(case: str, corpus: bytes, expected: str, tmp_path: Path) -> None:
+GOOD_LINE = b'{"text": "fine", "label": "positive", "lang": "en"}\n'
+UNREADABLE = {
+    "missing column": (b'{"text": "fine", "label": "positive"}\n', "jsonl", "'lang'"),
+    "invalid UTF-8": (b'{"text": "caf\xe9", "label": "positive", "lang": "en"}\n', "jsonl", "not valid UTF-8.*line 1"),
+    "truncated JSONL line": (GOOD_LINE * 2 + b'{"text": "cut off', "jsonl", r"line 3, column \d+: Unterminated"),
+    "JSONL line not an object": (GOOD_LINE + b'["a list"]\n', "jsonl", "line 2: expected a JSON object"),
+    "empty CSV": (b"", "csv", "is empty"),
+    "header-only CSV": (b"text,label,lang\n", "csv", "no data rows"),
+    "malformed CSV": (b'text,label,lang\nfine,positive,en\n"a","b","c","d","e"\n', "csv", "line 3"),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE, ids=list(UNREADABLE))
+def test_unreadable_input_fails_at_load_naming_the_line(case: str, tmp_path: Path) -> None:
+    corpus, file_format, expected = UNREADABLE[case]
     params = fixture_params(["en"])
+    params["data"]["format"] = file_format
     with pytest.raises(CorpusLoadError, match=expected):
         run_data_plane(tmp_path, corpus, tmp_path / "gx", params)
     assert not (tmp_path / "raw").exists() and not (tmp_path / "prepared").exists()
+
+
+def test_a_byte_order_mark_and_float_labels_are_read(tmp_path: Path) -> None:
+    rows = [{"text": f"text number {index}", "label": float(index % 2), "lang": "en"} for index in range(4)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows).encode())
+    data = {**fixture_params(["en"])["data"], "source": "file", "path": str(path), "format": "jsonl",
+            "label_map": {0: "negative", 1: "positive"}}
+    frame = read_user_corpus(data, tmp_path)
+    assert frame["label"].tolist() == ["negative", "positive"] * 2 and frame["text"][0] == "text number 0"

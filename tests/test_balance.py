@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from polydistill.balance import allocate, sample_balanced, share_report, temperature_shares
+from polydistill.data.balance import allocate, sample_balanced, share_report, temperature_shares
 
 language_counts = st.dictionaries(
     keys=st.sampled_from(["en", "es", "id", "sl", "zh", "ja", "ar"]),

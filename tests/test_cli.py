@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import load_project_params, write_evaluation
+from conftest import load_project_params, worse_copy
 from typer.testing import CliRunner
 
-from polydistill import registry
 from polydistill.cli import app
+from polydistill.ops import pipeline_run
 
 COMMANDS = ("run", "predict", "promote", "rollback", "status", "serve", "schedule", "ui")
 
@@ -26,15 +26,27 @@ def test_every_command_has_help(command: str | None) -> None:
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_ui_prints_the_command_on_the_project_store(runner: CliRunner, registry_project: Path) -> None:
+def test_ui_prints_the_command_on_the_project_store(runner: CliRunner, registry_project: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(app, ["ui"])
     assert result.exit_code == 0
     assert f"--backend-store-uri sqlite:///{registry_project}/mlflow.db -h 127.0.0.1" in result.output
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db.internal/mlflow")
+    shown = runner.invoke(app, ["ui"]).output
+    assert "postgresql://mlflow:***@db.internal/mlflow" in shown and "s3cret" not in shown
+
+
+def test_commands_without_a_registry_print_one_line(runner: CliRunner) -> None:
+    for command in (["predict", "some text"], ["promote", "--lang", "en"], ["rollback", "--lang", "en"],
+                    ["predict", "--lang", "en", "text"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "Traceback" not in result.output
 
 
 def test_status_promote_rollback_and_predict(runner: CliRunner, registry_project: Path) -> None:
     params = load_project_params(registry_project)
-    registry.log_pipeline_run(registry_project, params)
+    pipeline_run.log_pipeline_run(registry_project, params)
 
     empty = runner.invoke(app, ["status"])
     assert empty.exit_code == 0
@@ -44,20 +56,21 @@ def test_status_promote_rollback_and_predict(runner: CliRunner, registry_project
         assert runner.invoke(app, ["promote", "--lang", lang]).exit_code == 0
     promoted = runner.invoke(app, ["promote", "--lang", "zh"])
     assert promoted.exit_code == 0 and "zh: version 1 is champion" in promoted.output
-    assert "router: version 1" in promoted.output
+    assert "router: version 3" in promoted.output  # one per promotion: en, en+sl, en+sl+zh
 
-    write_evaluation(registry_project, "zh", 0.60, (0.52, 0.66), 0.91)
+    student = registry_project / "models/students/zh/kd"
+    worse_copy(student, student, "zh")
     params["data"]["languages"] = ["zh"]
-    registry.log_pipeline_run(registry_project, params)
+    pipeline_run.log_pipeline_run(registry_project, params)
     refused = runner.invoke(app, ["promote", "--lang", "zh"])
-    assert refused.exit_code == 1 and "FAIL: macro-F1 0.6000 vs champion 0.8000" in refused.output
+    assert refused.exit_code == 1 and "FAIL: validation macro-F1" in refused.output
     assert "stays challenger; champion is 1" in refused.output
     forced = runner.invoke(app, ["promote", "--lang", "zh", "--version", "2", "--force"])
-    assert forced.exit_code == 0 and "forced by the operator" in forced.output and "router: version 2" in forced.output
+    assert forced.exit_code == 0 and "forced by the operator" in forced.output and "router: version 4" in forced.output
 
     table = runner.invoke(app, ["status"]).output.splitlines()
     assert table[0].split()[:4] == ["lang", "champion", "challenger", "macro-F1"]
-    assert table[3].split()[:5] == ["zh", "2", "-", "0.6000", "91.0%"]
+    assert table[3].split()[:5] == ["zh", "2", "-", "0.8000", "95.0%"]
 
     rolled = runner.invoke(app, ["rollback", "--lang", "zh"])
     assert rolled.exit_code == 0 and "rolled back from version 2 to version 1" in rolled.output

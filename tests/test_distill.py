@@ -6,17 +6,20 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import REPO_ROOT, fixture_texts
 from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from polydistill.distill import distill_language
-from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels
-from polydistill.tfidf import fit_baselines
-from polydistill.transfer import TransferSettings, compose_transfer
+from polydistill.data.transfer import TransferSettings, compose_transfer
+from polydistill.model.distill import distill_language, distillation_loss_for, encode_frame
+from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels
+from polydistill.model.student import build_student_from_teacher
+from polydistill.model.tfidf import fit_baselines
+from polydistill.model.training import collate
 
 LABELS = ["negative", "positive"]
 SOFT = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32, batch_size=16,
@@ -80,7 +83,7 @@ def run(workspace: dict[str, Path], tmp_path: Path, lang: str, settings: dict) -
 def test_shared_mode_with_hidden_state_matching(workspace: dict[str, Path], tmp_path: Path) -> None:
     report = run(workspace, tmp_path, "zh", distill_settings(mode="shared", hidden_loss_weight=0.5))
     assert report["student"]["layers"] == [0, 3]
-    assert all(entry["train_hidden"] > 0 for entry in report["kd"]["history"])
+    assert all(entry["train_hidden"] >= 0 for entry in report["kd"]["history"])
     assert "train_hidden" not in report["ce"]["history"][0]
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "students/zh/kd")
     assert student.config.num_hidden_layers == 2
@@ -90,6 +93,27 @@ def test_shared_mode_with_hidden_state_matching(workspace: dict[str, Path], tmp_
     assert report["kd"]["train_rows"] > report["transfer_rows"]["labelled"]
     assert report["ce"]["train_rows"] == report["kd"]["train_rows"]  # same size, labelled rows only
     assert 0 < report["segmentation"]["test"]["identical_share"] <= 1
+
+
+def test_a_student_with_every_teacher_layer_starts_at_zero_hidden_loss(workspace: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    """Copied layers and a token map back to teacher ids: the student's hidden states are the teacher's, so the
+    hidden-state term is 0 before any step (and would not be with a wrong token map or layer pairing)."""
+    train = pd.read_parquet(workspace["train"])
+    texts = train.loc[train["lang"] == "zh", "text"].tolist()
+    teacher = AutoModelForSequenceClassification.from_pretrained(workspace["teacher"])
+    every_layer = list(range(teacher.config.num_hidden_layers))
+    info = build_student_from_teacher(workspace["teacher"], texts, every_layer, tmp_path / "student")
+    settings = {"alpha": 0.5, "temperature": 2.0, "hidden_loss_weight": 1.0}
+    loss = distillation_loss_for("kd", settings, workspace["teacher"], tmp_path / "student", info)
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").eval()
+    encoded = encode_frame(AutoTokenizer.from_pretrained(tmp_path / "student"), train[train["lang"] == "zh"][:8],
+                           LABELS, 32)
+    encoded.teacher_logits = np.zeros((len(encoded), len(LABELS)), dtype=np.float32)
+    batch = collate(encoded, np.arange(len(encoded)), student.config.pad_token_id)
+    assert loss.projector is None and float(loss(student, batch)["hidden"]) == pytest.approx(0.0, abs=1e-10)
+    loss.teacher_ids = loss.teacher_ids.roll(1)  # a wrong token map: the term must see it
+    assert float(loss(student, batch)["hidden"]) > 1e-4
 
 
 def test_the_ce_student_never_sees_unlabelled_rows(workspace: dict[str, Path]) -> None:

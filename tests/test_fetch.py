@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from polydistill import archives, fetch
-from polydistill.archives import ArchiveHashMismatch, PinnedArchive, sha256_of
-from polydistill.fetch import (
+from polydistill.data import archives, fetch
+from polydistill.data.archives import ArchiveHashMismatch, PinnedArchive, sha256_of
+from polydistill.data.fetch import (
     RawRow,
     fetch_corpus,
     map_labels,

@@ -9,7 +9,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from polydistill.ingest import CorpusLoadError, acquire_corpus, read_user_corpus
+from polydistill.data.ingest import CorpusLoadError, acquire_corpus, read_user_corpus
 
 ROWS = [{"review": "Très bon film", "stars": 5, "language": "fr", "key": "a"},
         {"review": "Schrecklich langweilig", "stars": 1, "language": "de", "key": "b"},

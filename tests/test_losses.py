@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polydistill.losses import (
+from polydistill.model.losses import (
     IGNORE_LABEL,
     HiddenProjector,
     distillation_loss,

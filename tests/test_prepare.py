@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from polydistill.prepare import SPLITS, prepare_corpus
+from polydistill.data.prepare import SPLITS, prepare_corpus
 
 SETTINGS = {"seed": 3, "validation_fraction": 0.1, "test_fraction": 0.2, "conflicting_labels": "drop"}
 

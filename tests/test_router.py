@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import urllib.error
@@ -17,16 +16,16 @@ import pytest
 from conftest import (
     REGISTRY_LANGUAGES,
     VENV_BIN,
-    fixture_params,
     free_port,
+    prepare_registry_workspace,
     registry_settings,
     wait_for_http,
-    write_evaluation,
-    write_params,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
-from polydistill import registry
+from polydistill.ops import pipeline_run, promotion, serving
 
 MIXED = pd.DataFrame({"text": [
     "The film was a delight from start to finish.",
@@ -45,27 +44,23 @@ def router_project(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template:
     """Three registered, promoted students and the router built from them."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     root = tmp_path_factory.mktemp("router") / "project"
-    root.mkdir()
-    params = fixture_params(list(REGISTRY_LANGUAGES))
-    params["registry"] = registry_settings()
-    write_params(root, params)
-    shutil.copy2(mlflow_db_template, root / "mlflow.db")
-    for lang, student in tiny_students.items():
-        shutil.copytree(student, root / f"models/students/{lang}/kd")
-        write_evaluation(root, lang, 0.80, (0.74, 0.86), 0.95)
-    registry.log_pipeline_run(root, params)
+    params = prepare_registry_workspace(root, mlflow_db_template, tiny_students)
+    pipeline_run.log_pipeline_run(root, params)
     for lang in REGISTRY_LANGUAGES:
-        assert registry.promote(root, params["registry"], lang).promoted
-    assert registry.register_router(root, params["registry"], list(REGISTRY_LANGUAGES)) == "1"
+        assert promotion.promote(root, params["registry"], lang).promoted
+    assert serving.register_router(root, params["registry"], list(REGISTRY_LANGUAGES)) == "1"
     return root
 
 
-def test_router_routes_a_mixed_batch_in_process(router_project: Path) -> None:
-    settings = registry_settings()
-    router = registry.load_router(router_project, settings)
-    output = router.predict(MIXED)
-    assert list(output["lang"]) == EXPECTED_LANGS
-    assert set(output["label"]) <= {"negative", "positive"} and output["score"].between(0.5, 1).all()
+@pytest.fixture(scope="module")
+def loaded_router(router_project: Path) -> object:
+    return serving.load_router(router_project, registry_settings())
+
+
+def test_router_routes_a_mixed_batch_in_process(router_project: Path, loaded_router: object) -> None:
+    output = loaded_router.predict(MIXED)
+    assert list(output["lang"]) == EXPECTED_LANGS and set(output["status"]) == {"ok"}
+    assert set(output["label"]) <= {"negative", "positive"} and output["score"].astype(float).between(0.5, 1).all()
     assert set(output["student_version"]) == {"1"}
 
     direct = {lang: mlflow.pyfunc.load_model(f"models:/polydistill-student-{lang}@champion") for lang in ("en", "zh")}
@@ -74,25 +69,75 @@ def test_router_routes_a_mixed_batch_in_process(router_project: Path) -> None:
         assert output["label"][row] == expected["label"]
         assert output["score"][row] == pytest.approx(expected["score"], abs=1e-5)
 
-    forced = router.predict(pd.DataFrame({"text": MIXED["text"][:2], "lang": ["zh", None]}))
-    assert list(forced["lang"]) == ["zh", "zh"]
+    forced = loaded_router.predict(pd.DataFrame({"text": MIXED["text"][:3], "lang": ["zh", None, pd.NA]}))
+    assert list(forced["lang"]) == ["zh", "zh", "sl"]
+
+
+UNSERVED = ["Le film était vraiment magnifique, je le recommande à tous.",
+            "Der Film war langweilig und viel zu lang.",
+            "この映画はとても面白かった。"]
+
+
+def test_text_in_a_language_without_a_student_is_answered_as_unsupported(loaded_router: object) -> None:
+    output = loaded_router.predict(pd.DataFrame({"text": [*UNSERVED, "12345", MIXED["text"][0]]}))
+    assert list(output["status"]) == ["unsupported language (fr)", "unsupported language (de)",
+                                      "unsupported language (ja)", "language not recognised", "ok"]
+    assert output["label"][:4].isna().all() and output["student_version"][:4].isna().all()
+    assert output["label"][4] in {"negative", "positive"}
 
 
 def test_router_is_rebuilt_only_when_a_champion_changes(router_project: Path) -> None:
-    settings = registry_settings()
-    assert registry.register_router(router_project, settings, list(REGISTRY_LANGUAGES)) == "1"
+    assert serving.register_router(router_project, registry_settings(), list(REGISTRY_LANGUAGES)) == "1"
+
+
+def test_languages_without_a_champion_are_answered_explicitly(tmp_path: Path, mlflow_db_template: Path,
+                                                              tiny_students: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "project"
+    params = prepare_registry_workspace(root, mlflow_db_template, tiny_students)
+    settings = params["registry"]
+    with pytest.raises(promotion.RegistryError, match="no router is registered yet"):
+        serving.load_router(root, settings)
+    pipeline_run.log_pipeline_run(root, params)
+    assert promotion.promote(root, settings, "zh").promoted  # en and sl stay challengers
+    assert serving.register_router(root, settings, list(REGISTRY_LANGUAGES)) == "1"
+    output = serving.load_router(root, settings).predict(MIXED)
+    assert list(output["status"]) == ["no champion for en", "ok", "no champion for sl"] * 2
+    assert list(output["student_version"]) == [None, "1", None] * 2
+
+
+LIMITS = registry_settings()["router"]
 
 
 @pytest.mark.parametrize(("frame", "message"), [
     (pd.DataFrame({"text": ["fine", "   "]}), "row 1: text is empty"),
     (pd.DataFrame({"text": ["fine", 42]}, dtype=object), "row 1: text must be a string"),
     (pd.DataFrame({"text": ["fine"], "lang": ["xx"]}), "lang 'xx' is not one of"),
+    (pd.DataFrame({"text": ["fine"], "lang": [3.5]}), "column lang"),  # refused by the signature
+    (pd.DataFrame({"text": ["fine"] * (LIMITS["max_rows"] + 1)}), f"the limit is {LIMITS['max_rows']}"),
+    (pd.DataFrame({"text": ["a" * (LIMITS["max_text_chars"] + 1)]}), "row 0: text has"),
 ])
-def test_router_rejects_bad_requests_in_process(router_project: Path, frame: pd.DataFrame, message: str) -> None:
-    router = registry.load_router(router_project, registry_settings())
+def test_router_rejects_bad_requests_in_process(loaded_router: object, frame: pd.DataFrame, message: str) -> None:
     with pytest.raises(MlflowException, match=message) as raised:
-        router.predict(frame)
+        loaded_router.predict(frame)
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+CELLS = st.one_of(st.none(), st.text(max_size=40), st.integers(), st.floats(), st.booleans(),
+                  st.sampled_from(["en", "sl", "zh", "", "xx"]), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries({"text": CELLS}, optional={"lang": CELLS}), min_size=1, max_size=4))
+def test_router_answers_any_request_body_or_refuses_it_with_a_400(loaded_router: object, rows: list[dict]) -> None:
+    """Fuzzed request bodies: an answer for every row or an INVALID_PARAMETER_VALUE (HTTP 400), never a crash."""
+    try:
+        output = loaded_router.predict(pd.DataFrame(rows))
+    except MlflowException as error:
+        assert error.error_code == "INVALID_PARAMETER_VALUE"
+        return
+    assert len(output) == len(rows) and output["status"].notna().all()
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
@@ -103,6 +148,25 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+def load_run(url: str, clients: int, requests_per_client: int) -> dict[str, float]:
+    """Concurrent clients posting the mixed batch (bounded in count; 127.0.0.1 only): p50, p99, errors."""
+    import statistics
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one_request(_: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        status, _ = post(url, {"dataframe_records": MIXED.to_dict("records")})
+        return status, (time.perf_counter() - started) * 1000
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = list(pool.map(one_request, range(clients * requests_per_client)))
+    latencies = sorted(latency for _, latency in results)
+    return {"requests": len(results), "errors": sum(status != 200 for status, _ in results),
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
 
 
 @pytest.mark.slow
@@ -124,6 +188,8 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
         assert [row["lang"] for row in body["predictions"]] == EXPECTED_LANGS
         assert all(row["label"] in {"negative", "positive"} and row["student_version"] == "1"
                    for row in body["predictions"])
+        status, body = post(f"{base}/invocations", {"dataframe_records": [{"text": text} for text in UNSERVED]})
+        assert status == 200 and all(row["status"].startswith("unsupported") for row in body["predictions"]), body
 
         status, body = post(f"{base}/invocations", {"dataframe_records": [{"text": ""}]})
         assert status == 400 and "text is empty" in body["message"]
@@ -133,6 +199,9 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
         assert 400 <= status < 500, body
         status, _ = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")[:1]})
         assert status == 200, "the server keeps answering after bad requests"
+        report = load_run(f"{base}/invocations", clients=4, requests_per_client=10)
+        print(f"load run, 4 clients x 10 requests of {len(MIXED)} texts: {report}")
+        assert report["errors"] == 0 and report["p99_ms"] >= report["p50_ms"] > 0
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

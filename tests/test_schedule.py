@@ -26,7 +26,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from polydistill import registry
+from polydistill.ops import registry, tracking
 
 DEPLOYMENT = "polydistill-pipeline/nightly"
 LANGUAGES = ("en", "sl", "zh")
@@ -48,7 +48,7 @@ async def wait_for_deployment(name: str, server: subprocess.Popen, log_path: Pat
 
 def registry_state(root: Path) -> dict[str, tuple[str, list[str]]]:
     """Per language: the champion version and every version number."""
-    uri = registry.tracking_uri(root)
+    uri = tracking.tracking_uri(root)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     state = {}
     for lang in LANGUAGES:

@@ -12,7 +12,7 @@ import pytest
 from conftest import fixture_texts
 from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 
-from polydistill.soft_labels import (
+from polydistill.model.soft_labels import (
     FINGERPRINT_FILE,
     SoftLabelMismatch,
     SoftLabelSettings,
@@ -23,7 +23,7 @@ from polydistill.soft_labels import (
     mix,
     teacher_fingerprint,
 )
-from polydistill.tfidf import fit_baselines
+from polydistill.model.tfidf import fit_baselines
 
 LABELS = ["negative", "positive"]
 SETTINGS = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32,

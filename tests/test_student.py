@@ -21,8 +21,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from polydistill.archives import PinnedArchive, download_archive, read_member
-from polydistill.student import (
+from polydistill.data.archives import PinnedArchive, download_archive, read_member
+from polydistill.model.student import (
     TEACHER_TOKEN_IDS_FILE,
     build_scratch_student,
     build_student_from_teacher,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from tiny_models import TINY_TFIDF_SETTINGS
 
-from polydistill.tfidf import (
+from polydistill.model.tfidf import (
     cross_fitted_probabilities,
     cross_validated_macro_f1,
     fit_baselines,

@@ -9,12 +9,13 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from polydistill.training import (
+from polydistill.model.training import (
     EncodedSet,
     TrainSettings,
     bucketed_batches,
     collate,
     per_language_macro_f1,
+    predict_logits,
     rows_per_language,
     train_classifier,
 )
@@ -70,6 +71,18 @@ def test_training_learns_and_keeps_the_best_model(tmp_path: Path) -> None:
     assert state.best_score > 0.8
     assert (tmp_path / "best/model.safetensors").exists()
     assert state.history[-1]["step"] == 60
+
+
+def test_the_best_folder_holds_the_evaluation_with_the_best_validation_score(tmp_path: Path) -> None:
+    validation = toy_set(60, 2)
+    state = train_classifier(tiny_model(), toy_set(160, 1), validation, settings(eval_every=3), tmp_path, PAD)
+    means = [entry["validation_macro_f1_mean"] for entry in state.history]
+    best = int(np.argmax(means))  # the first evaluation reaching the maximum: later ties do not replace it
+    assert state.best_step == state.history[best]["step"] and state.best_score == pytest.approx(means[best], abs=1e-5)
+    saved = BertForSequenceClassification.from_pretrained(tmp_path / "best").eval()
+    predictions = predict_logits(saved, validation, PAD, 16).argmax(axis=1)
+    assert per_language_macro_f1(validation.labels, predictions, validation.langs)["mean"] == \
+        pytest.approx(means[best], abs=1e-5)
 
 
 def test_early_stopping_ends_after_patience(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from conftest import REPO_ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polydistill.balance import allocate
-from polydistill.transfer import (
+from polydistill.data.balance import allocate
+from polydistill.data.transfer import (
     AugmentSettings,
     TransferSettings,
     augment_text,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from polydistill import archives, unlabelled
-from polydistill.archives import ArchiveHashMismatch, PinnedArchive, sha256_of
-from polydistill.unlabelled import (
+from polydistill.data import archives, unlabelled
+from polydistill.data.archives import ArchiveHashMismatch, PinnedArchive, sha256_of
+from polydistill.data.unlabelled import (
     UNLABELLED_FILE,
     UNLABELLED_SOURCES,
     acquire_unlabelled,
@@ -161,7 +161,7 @@ def test_filter_texts_strips_bounds_lengths_and_drops_later_duplicates() -> None
 
 
 def test_registry_names_are_unique_and_in_domain_sources_reuse_the_labelled_pins() -> None:
-    from polydistill import fetch
+    from polydistill.data import fetch
 
     assert len({source.name for source in UNLABELLED_SOURCES}) == len(UNLABELLED_SOURCES)
     labelled = {source.lang: source for source in fetch.SOURCES}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from polydistill.validate import DataValidationError, non_blank_regex, validate_prepared
+from polydistill.data.validate import DataValidationError, non_blank_regex, validate_prepared
 
 SETTINGS = {
     "languages": ["en", "es"],

@@ -11,7 +11,7 @@ from tokenizers.models import Unigram
 from tokenizers.trainers import UnigramTrainer
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-from polydistill.student import WORD_BOUNDARY
+from polydistill.model.student import WORD_BOUNDARY
 
 TINY_TFIDF_SETTINGS = {"analyzer": "char_wb", "ngram_range": [1, 3], "min_df": 1, "max_features": 5000,
                        "c_grid": [1.0], "max_iter": 500, "seed": 0, "cv_folds": 2}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,23 +63,35 @@ def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify."
 
     Prints one tab-separated line per text: lang, label, score, student version, text.
     """
-    from polydistill import registry
+    from polydistill.ops import serving
 
     root, params = project()
+    with registry_errors_as_one_line():
+        rows = serving.predict(root, params["registry"], texts, lang)
+    for text, row in zip(texts, rows, strict=True):
+        if row["status"] != "ok":
+            typer.echo(f"{row['lang'] or '-'}\t-\t-\t-\t{text}\t({row['status']})")
+        else:
+            typer.echo(f"{row['lang']}\t{row['label']}\t{row['score']:.4f}\tv{row['student_version']}\t{text}")
+
+
+@contextmanager
+def registry_errors_as_one_line() -> Iterator[None]:
+    """A registry refusal (no champion, no router, the lock held...) as one line on stderr and exit status 1."""
+    from polydistill.ops.registry import RegistryError
+
     try:
-        rows = registry.predict(root, params["registry"], texts, lang)
-    except registry.RegistryError as error:
+        yield
+    except RegistryError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
-    for text, row in zip(texts, rows, strict=True):
-        typer.echo(f"{row['lang']}\t{row['label']}\t{row['score']:.4f}\tv{row['student_version']}\t{text}")
 
 
 def refresh_router(root: Path, params: dict[str, Any]) -> None:
-    from polydistill import registry
+    from polydistill.ops import serving
 
-    version = registry.register_router(root, params["registry"], params["data"]["languages"])
-    typer.echo(f"router: version {version}" if version else "router: not built (a language has no champion)")
+    version = serving.register_router(root, params["registry"], params["data"]["languages"])
+    typer.echo(f"router: version {version}" if version else "router: not built (no language has a champion)")
 
 
 @app.command()
@@ -85,32 +99,31 @@ def promote(lang: Annotated[str, typer.Option(help="Language of the student.")],
             version: Annotated[int | None, typer.Option(help="Version to promote (default: the challenger).")] = None,
             force: Annotated[bool, typer.Option(help="Promote even if the gate refuses.")] = False) -> None:
     """Promote a student version to champion if it passes the gate (exit status 1 when refused)."""
-    from polydistill import registry
+    from polydistill.ops import promotion
 
     root, params = project()
-    result = registry.promote(root, params["registry"], lang, version, force)
+    with registry_errors_as_one_line():
+        result = promotion.promote(root, params["registry"], lang, version, force)
     for reason in result.reasons:
         typer.echo(f"  {reason}")
     if not result.promoted:
         typer.echo(f"{lang}: version {result.version} stays challenger; champion is {result.champion}")
         raise typer.Exit(1)
     typer.echo(f"{lang}: version {result.version} is champion (was {result.previous_champion})")
-    refresh_router(root, params)
+    with registry_errors_as_one_line():
+        refresh_router(root, params)
 
 
 @app.command()
 def rollback(lang: Annotated[str, typer.Option(help="Language of the student.")]) -> None:
     """Make the previous champion champion again (refused when there is none)."""
-    from polydistill import registry
+    from polydistill.ops import promotion
 
     root, params = project()
-    try:
-        result = registry.rollback(root, params["registry"], lang)
-    except registry.RegistryError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from error
-    typer.echo(f"{lang}: {result.reasons[0]}")
-    refresh_router(root, params)
+    with registry_errors_as_one_line():
+        result = promotion.rollback(root, params["registry"], lang)
+        typer.echo(f"{lang}: {result.reasons[0]}")
+        refresh_router(root, params)
 
 
 def format_cell(value: Any, pattern: str) -> str:
@@ -120,10 +133,10 @@ def format_cell(value: Any, pattern: str) -> str:
 @app.command()
 def status() -> None:
     """A table of each language's champion and challenger with the champion's macro-F1, retention, size, date."""
-    from polydistill import registry
+    from polydistill.ops import promotion
 
     root, params = project()
-    rows = registry.status(root, params["registry"], params["data"]["languages"])
+    rows = promotion.status(root, params["registry"], params["data"]["languages"])
     table = [[title for _, title, _ in STATUS_COLUMNS]]
     table += [[format_cell(row[key], pattern) for key, _, pattern in STATUS_COLUMNS] for row in rows]
     widths = [max(len(line[column]) for line in table) for column in range(len(STATUS_COLUMNS))]
@@ -133,19 +146,51 @@ def status() -> None:
 
 @app.command()
 def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
-          host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1") -> None:
+          host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+          watch: Annotated[float, typer.Option(help="Seconds between checks of the router's champion alias; on a "
+                                                    "change the server restarts on the new version (0: never).")
+                           ] = 30.0) -> None:
     """Serve the champion router over HTTP (mlflow models serve, local environment): POST /invocations."""
-    from polydistill import registry
+    from polydistill.ops import registry, tracking
 
     root, params = project()
     settings = params["registry"]
-    model = f"models:/{registry.router_model_name(settings['prefix'])}@{registry.CHAMPION}"
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(root, settings.get("tracking_uri")),
+    name = registry.router_model_name(settings["prefix"])
+    uri = tracking.tracking_uri(root, settings.get("tracking_uri"))
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
+                   # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its uvicorn
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model,
-               "--env-manager", "local", "-h", host, "-p", str(port)]
-    typer.echo(" ".join(command), err=True)
-    raise typer.Exit(subprocess.run(command, env=environment).returncode)
+    client = tracking.connect(root, settings)
+    while True:
+        with registry_errors_as_one_line():
+            version = registry.alias_version(client, name, registry.CHAMPION)
+            if version is None:
+                raise registry.RegistryError(f"no router to serve ({name} has no champion): run `dvc repro` or "
+                                             "`polydistill promote --lang <lang>` first")
+        command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{name}/{version}",
+                   "--env-manager", "local", "-h", host, "-p", str(port)]
+        typer.echo(" ".join(command), err=True)
+        server = subprocess.Popen(command, env=environment)
+        if watch <= 0:
+            raise typer.Exit(server.wait())
+        while server.poll() is None and not promoted_since(client, name, version, watch):
+            pass
+        if server.poll() is not None:
+            raise typer.Exit(server.returncode)
+        typer.echo(f"{name}: champion moved from version {version}; restarting the server", err=True)
+        server.terminate()
+        server.wait()
+
+
+def promoted_since(client: Any, name: str, version: str, wait_s: float) -> bool:
+    """Wait `wait_s` seconds, then whether the router's champion is another version than `version`."""
+    import time
+
+    from polydistill.ops.registry import CHAMPION, alias_version
+
+    time.sleep(wait_s)
+    current = alias_version(client, name, CHAMPION)
+    return current is not None and current != version
 
 
 @app.command()
@@ -162,14 +207,14 @@ def schedule() -> None:
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
        start: Annotated[bool, typer.Option(help="Start the UI instead of printing the command.")] = False) -> None:
-    """Print (or start) the MLflow UI on the project's tracking store."""
-    from polydistill import registry
+    """Print (or start) the MLflow UI on the project's tracking store (credentials in the URI printed as ***)."""
+    from polydistill.ops import tracking
 
     root, params = project()
-    command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
-               registry.tracking_uri(root, params["registry"].get("tracking_uri")), "-h", "127.0.0.1",
+    uri = tracking.tracking_uri(root, params["registry"].get("tracking_uri"))
+    command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "-h", "127.0.0.1",
                "-p", str(port)]
-    typer.echo(" ".join(command))
+    typer.echo(" ".join(command).replace(uri, tracking.redact_uri(uri)))
     if start:
         raise typer.Exit(subprocess.run(command).returncode)
 

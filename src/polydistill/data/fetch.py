@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from polydistill.archives import PinnedArchive, download_archive, read_member
+from polydistill.data.archives import PinnedArchive, download_archive, read_member
 
 CORPUS_FILE = "corpus.jsonl"
 PROVENANCE_FILE = "provenance.json"

@@ -16,15 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polydistill.losses import (
+from polydistill.model.losses import (
     IGNORE_LABEL,
     HiddenProjector,
     distillation_loss,
     hidden_state_loss,
     kept_layer_map,
 )
-from polydistill.soft_labels import SoftLabelSettings, generate_soft_labels, load_soft_labels, teacher_fingerprint
-from polydistill.student import (
+from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels, load_soft_labels, teacher_fingerprint
+from polydistill.model.student import (
     TEACHER_TOKEN_IDS_FILE,
     StudentInfo,
     VocabularySettings,
@@ -32,8 +32,8 @@ from polydistill.student import (
     build_student_from_teacher,
     student_segmentation,
 )
-from polydistill.teacher import encode_frame, fine_tune, run_key
-from polydistill.training import Batch, EncodedSet, TrainSettings, train_classifier
+from polydistill.model.teacher import encode_frame, fine_tune, run_key
+from polydistill.model.training import Batch, EncodedSet, TrainSettings, train_classifier
 
 VARIANTS = ("kd", "ce")
 KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read
@@ -189,7 +189,7 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
                               for split in ("validation", "test")}
     report["transfer_rows"] = frames["transfer"]["source"].str.split(":").str[0].value_counts().to_dict()
     for variant in VARIANTS:
-        loss = _loss_for(variant, settings, teacher_dir, output / "initial", info)
+        loss = distillation_loss_for(variant, settings, teacher_dir, output / "initial", info)
         train_frame = frames["transfer"] if variant == "kd" else frames["labelled_transfer"]
         key = _student_run_key(variant, lang, settings, output / "initial",
                                paths["transfer"] if variant == "kd" else paths["labelled_transfer"], soft_dir)
@@ -218,7 +218,7 @@ def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_
     return run_key({**settings, "variant": variant, "lang": lang}, *inputs)
 
 
-def _loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,
+def distillation_loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,
               info: StudentInfo) -> KnowledgeDistillationLoss | None:
     if variant == "ce":
         return None

@@ -46,7 +46,7 @@ def _confusion(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.
     return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
 
 
-def _resample_indices(rows: int, samples: int, seed: int) -> Iterator[np.ndarray]:
+def resample_indices(rows: int, samples: int, seed: int) -> Iterator[np.ndarray]:
     """Bootstrap row indices [chunk, rows] in chunks; the same seed gives the same resamples."""
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CELLS_PER_CHUNK // max(rows, 1))
@@ -67,7 +67,7 @@ def bootstrap_macro_f1(labels: np.ndarray, predictions: np.ndarray, classes: int
     """Macro-F1 of `samples` bootstrap resamples of the rows (vectorised with bincount)."""
     codes = labels * classes + predictions
     return np.concatenate([macro_f1_from_confusion(_bootstrap_confusions(codes, indices, classes))
-                           for indices in _resample_indices(len(labels), samples, seed)])
+                           for indices in resample_indices(len(labels), samples, seed)])
 
 
 def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -148,7 +148,7 @@ def paired_bootstrap_difference(labels: np.ndarray, probabilities_a: np.ndarray,
     predictions_a, predictions_b = probabilities_a.argmax(axis=1), probabilities_b.argmax(axis=1)
     codes_a, codes_b = labels * classes + predictions_a, labels * classes + predictions_b
     scores_a, scores_b = [], []
-    for indices in _resample_indices(len(labels), samples, seed):
+    for indices in resample_indices(len(labels), samples, seed):
         scores_a.append(macro_f1_from_confusion(_bootstrap_confusions(codes_a, indices, classes)))
         scores_b.append(macro_f1_from_confusion(_bootstrap_confusions(codes_b, indices, classes)))
     resampled_a, resampled_b = np.concatenate(scores_a), np.concatenate(scores_b)
@@ -281,12 +281,19 @@ def measure_speed(model_dir: Path, texts: list[str], threads: int, max_length: i
 
 def probabilities_from_model(model_dir: Path, texts: list[str], max_length: int, batch_size: int,
                              threads: int) -> np.ndarray:
-    """Softmax class probabilities [N, K] in the order of `texts` (batched by token length, dynamic padding)."""
+    """Softmax class probabilities [N, K] of a Hugging Face folder's classifier, in the order of `texts`."""
     tokenizer, model = load_classifier(Path(model_dir))
+    with torch_threads(threads):
+        return classifier_probabilities(tokenizer, model, texts, max_length, batch_size)
+
+
+def classifier_probabilities(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, texts: list[str],
+                             max_length: int, batch_size: int) -> np.ndarray:
+    """Softmax class probabilities [N, K] in the order of `texts` (batched by token length, dynamic padding)."""
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch_threads(threads), torch.inference_mode():
+    with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from polydistill.archives import sha256_of
+from polydistill.data.archives import sha256_of
 
 CANONICAL_COLUMNS = ("text", "label", "lang")
 FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -27,7 +27,7 @@ class CorpusLoadError(ValueError):
 def acquire_corpus(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, root: Path) -> dict:
     """Write the raw corpus for the configured source into output_dir and return its provenance."""
     if data["source"] == "embedded":
-        from polydistill.fetch import fetch_corpus
+        from polydistill.data.fetch import fetch_corpus
 
         return fetch_corpus(output_dir, root / fetch["cache_dir"], fetch["retries"], fetch["backoff_seconds"],
                             languages=data["languages"])
@@ -54,11 +54,21 @@ def read_user_corpus(data: dict[str, Any], root: Path) -> pd.DataFrame:
             "Map your column names in params.yaml data.columns."
         )
     canonical = frame[list(mapping.values())].rename(columns={v: k for k, v in mapping.items()})
-    label_map = {str(key): value for key, value in (data.get("label_map") or {}).items()}
+    label_map = {label_key(key): value for key, value in (data.get("label_map") or {}).items()}
     canonical["label"] = canonical["label"].map(
-        lambda value: label_map.get(str(value), value) if pd.notna(value) else value)
+        lambda value: label_map.get(label_key(value), value) if pd.notna(value) else value)
     canonical["source"] = data.get("hf_name") or Path(str(data.get("path"))).name
     return canonical
+
+
+def label_key(value: Any) -> str:
+    """A label as label_map keys are matched: its text, with integral numbers written as integers ("1.0" -> "1")."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
 
 
 def _read_source(data: dict[str, Any], root: Path) -> pd.DataFrame:
@@ -88,18 +98,46 @@ def read_table_file(path: Path, file_format: str = "auto") -> pd.DataFrame:
         raise CorpusLoadError(f"cannot tell the format of {path.name}: set data.format to csv, jsonl or parquet")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a leading byte order mark is dropped
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise CorpusLoadError(
             f"{path} is not valid UTF-8: byte {raw[error.start:error.start + 1]!r} at offset {error.start} "
             f"(line {line}); re-encode the file as UTF-8"
         ) from error
+    if not text.strip():
+        raise CorpusLoadError(f"{path} is empty")
+    frame = read_csv_text(path, text) if kind == "csv" else read_jsonl_text(path, text)
+    if frame.empty:
+        raise CorpusLoadError(f"{path} has no data rows (line 2 onwards is empty)")
+    return frame
+
+
+def read_csv_text(path: Path, text: str) -> pd.DataFrame:
+    """CSV with every value a string (empty cells missing); a malformed row is an error naming its line."""
     from io import StringIO
 
-    if kind == "csv":
+    try:
         return pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-    return pd.read_json(StringIO(text), lines=True, dtype=False)
+    except pd.errors.ParserError as error:
+        raise CorpusLoadError(f"{path}: malformed CSV: {error}") from error
+
+
+def read_jsonl_text(path: Path, text: str) -> pd.DataFrame:
+    """One JSON object per line (blank lines skipped); a malformed line is an error naming its line and column."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CorpusLoadError(f"{path} line {number}, column {error.colno}: {error.msg} (a truncated or "
+                                  "malformed JSON line)") from error
+        if not isinstance(row, dict):
+            raise CorpusLoadError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def write_raw_corpus(frame: pd.DataFrame, provenance: dict, output_dir: Path) -> None:

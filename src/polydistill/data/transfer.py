@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polydistill.balance import allocate, draw
+from polydistill.data.balance import allocate, draw
 
 SOURCES = ("unlabelled", "augmented")
 LABELLED, UNLABELLED, AUGMENTED = "labelled", "unlabelled", "augmented"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polydistill.metrics import (
+from polydistill.model.metrics import (
     classification_metrics,
     markdown_summary,
     measure_speed,
@@ -25,8 +25,8 @@ from polydistill.metrics import (
     write_bars_csv,
     write_confusion_csv,
 )
-from polydistill.soft_labels import load_soft_labels, softmax, teacher_fingerprint
-from polydistill.student import student_segmentation
+from polydistill.model.soft_labels import load_soft_labels, softmax, teacher_fingerprint
+from polydistill.model.student import student_segmentation
 
 SUMMARY_COLUMNS = [
     ("lang", "lang", ""),
@@ -71,7 +71,7 @@ def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarr
     students = {"kd_student": paths["students"] / "kd", "ce_student": paths["students"] / "ce"}
     systems = dict(teacher)
     if "tfidf" not in systems:
-        from polydistill.tfidf import load_model
+        from polydistill.model.tfidf import load_model
 
         systems["tfidf"] = load_model(paths["tfidf"] / lang).probabilities(texts)
     for name, directory in students.items():

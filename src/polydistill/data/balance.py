@@ -108,7 +108,7 @@ def share_report(population: pd.DataFrame, sample: pd.DataFrame, alpha: float) -
 def balance_sets(train_path: Path, output_dir: Path, report_path: Path, plot_dir: Path, settings: dict) -> dict:
     """Sample the teacher's fine-tuning set from the train split; write it, the report and the plots.
 
-    (The students' transfer sets are the transfer stage's: see polydistill.transfer.)
+    (The students' transfer sets are the transfer stage's: see polydistill.data.transfer.)
     """
     train = pd.read_parquet(train_path)
     sizes = {"teacher": settings["teacher_size"]}

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.metrics import f1_score
 
-from polydistill.archives import sha256_of
+from polydistill.data.archives import sha256_of
 
 SPLIT_FILES = {"transfer": "transfer.parquet", "validation": "validation.parquet", "test": "test.parquet"}
 FINGERPRINT_FILE = "fingerprint.json"
@@ -200,7 +200,7 @@ def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from polydistill.training import EncodedSet, encode_texts, predict_logits
+    from polydistill.model.training import EncodedSet, encode_texts, predict_logits
 
     torch.set_num_threads(settings.threads)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
@@ -260,7 +260,7 @@ def write_soft_label_metrics(report: dict[str, Any], path: Path) -> None:
 def tfidf_probabilities(tfidf_dir: Path, frames: dict[str, pd.DataFrame], train: pd.DataFrame, labels: list[str],
                         folds: int) -> dict[str, np.ndarray]:
     """TF-IDF probabilities by row id: transfer rows cross-fitted, every other split from the full model."""
-    from polydistill.tfidf import cross_fitted_probabilities, load_model
+    from polydistill.model.tfidf import cross_fitted_probabilities, load_model
 
     probabilities: dict[str, np.ndarray] = {}
     for split, frame in frames.items():

@@ -1,0 +1,1 @@
+"""Data plane: fetch, ingest, prepare, validate, balance, unlabelled text and the transfer set."""

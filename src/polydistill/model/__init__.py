@@ -1,0 +1,1 @@
+"""Model plane: the teacher, soft labels, students, their training, losses and evaluation."""

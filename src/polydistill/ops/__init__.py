@@ -1,0 +1,1 @@
+"""Operations plane: MLflow tracking, the model registry, the promotion gate and the serving router."""

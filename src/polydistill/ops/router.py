@@ -1,0 +1,176 @@
+"""One serving model for every language: an MLflow pyfunc that routes each text to its language's champion student.
+
+The router is logged by polydistill.ops.serving.register_router as an MLflow "model from code": this file travels
+with the model (no pickle, no polydistill install needed to serve it), with each champion student as an artifact
+and a model_config of {languages, student_versions, max_length, batch_size, max_rows, max_text_chars,
+foreign_confidence}. A text goes to the student named by its `lang` column when given, otherwise to the language
+that lingua detects among the configured ones (lingua: a maintained, offline, n-gram based detector). A second,
+low-accuracy lingua detector over all its 75 languages catches text in a language we do not serve: when it gives a
+language outside the configured ones a confidence of at least `foreign_confidence`, the row is answered
+"unsupported language" instead of being forced into the nearest configured one. Each output row has a `status`:
+"ok", "unsupported language (<iso>)", "language not recognised" (no letters, e.g. "123": pass `lang`) or
+"no champion for <lang>" (a configured language whose student has not been promoted); only "ok" rows carry a label.
+Requests over `max_rows` rows or with a text over `max_text_chars` characters are refused with HTTP 400.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlflow.models
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+EXAMPLE_TEXTS = {
+    "en": "The film was a delight from start to finish.",
+    "es": "La película fue aburrida y demasiado larga.",
+    "id": "Filmnya bagus sekali, saya suka.",
+    "sl": "Film je bil res dober, priporočam ga.",
+    "zh": "这家酒店的服务非常好，房间也很干净。",
+}
+
+
+def bad_request(message: str) -> MlflowException:
+    """An error the scoring server answers with HTTP 400."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN, pd.NA or an empty string: a lang the router detects."""
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value
+
+
+def request_frame(model_input: Any, languages: list[str], max_rows: int, max_text_chars: int) -> pd.DataFrame:
+    """The request as a frame of text and lang (None = detect), or a 400 explaining what is wrong."""
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(model_input)
+    if not isinstance(model_input, pd.DataFrame):
+        raise bad_request(f"expected a table with a 'text' column, got {type(model_input).__name__}")
+    if "text" not in model_input.columns:
+        raise bad_request(f"missing column 'text' (got columns {list(model_input.columns)})")
+    if len(model_input) > max_rows:
+        raise bad_request(f"{len(model_input)} rows in one request; the limit is {max_rows}")
+    texts = model_input["text"].tolist()
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise bad_request(f"row {row}: text must be a string, got {type(text).__name__} {text!r}")
+        if not text.strip():
+            raise bad_request(f"row {row}: text is empty")
+        if len(text) > max_text_chars:
+            raise bad_request(f"row {row}: text has {len(text)} characters; the limit is {max_text_chars}")
+    langs = model_input["lang"].tolist() if "lang" in model_input.columns else [None] * len(texts)
+    langs = [None if is_missing(lang) else lang for lang in langs]
+    for row, lang in enumerate(langs):
+        if lang is not None and lang not in languages:
+            raise bad_request(f"row {row}: lang {lang!r} is not one of {languages}")
+    return pd.DataFrame({"text": texts, "lang": pd.Series(langs, dtype=object)})
+
+
+def language_detector(languages: list[str]) -> Any:
+    """A lingua detector restricted to the configured ISO 639-1 languages."""
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+    known = [Language.from_iso_code_639_1(IsoCode639_1.from_str(code)) for code in languages]
+    return LanguageDetectorBuilder.from_languages(*known).build()
+
+
+def foreign_detector() -> Any:
+    """A low-accuracy (trigram, ~70 MB) lingua detector over every language it knows."""
+    from lingua import LanguageDetectorBuilder
+
+    return LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
+
+
+def iso_code(language: Any) -> str:
+    return language.iso_code_639_1.name.lower()
+
+
+def detect_languages(detector: Any, foreign: Any, texts: list[str], languages: list[str],
+                     foreign_confidence: float) -> list[tuple[str | None, str]]:
+    """Per text: (configured language or None, status). A text another language claims with at least
+    `foreign_confidence` is unsupported; one neither detector can place is not recognised."""
+    detected = detector.detect_languages_in_parallel_of(texts)
+    results: list[tuple[str | None, str]] = []
+    for text, language in zip(texts, detected, strict=True):
+        ranked = foreign.compute_language_confidence_values(text)
+        top = ranked[0] if ranked else None
+        if top is not None and top.value >= foreign_confidence and iso_code(top.language) not in languages:
+            results.append((None, f"unsupported language ({iso_code(top.language)})"))
+        elif language is None:
+            results.append((None, "language not recognised"))
+        else:
+            results.append((iso_code(language), "ok"))
+    return results
+
+
+class StudentRouter(mlflow.pyfunc.PythonModel):
+    """Routes each text to its language's student; returns lang, label, score and student_version per text."""
+
+    def load_context(self, context: Any) -> None:
+        from transformers.utils import logging as transformers_logging
+
+        config = context.model_config
+        self.languages: list[str] = list(config["languages"])
+        self.versions: dict[str, str] = {lang: str(v) for lang, v in config["student_versions"].items()}
+        self.max_length = int(config["max_length"])
+        self.batch_size = int(config["batch_size"])
+        self.max_rows = int(config["max_rows"])
+        self.max_text_chars = int(config["max_text_chars"])
+        self.foreign_confidence = float(config["foreign_confidence"])
+        transformers_logging.disable_progress_bar()  # a served model's logs get no weight-loading bars
+        self.students = {lang: mlflow.transformers.load_model(context.artifacts[lang], return_type="components")
+                         for lang in self.versions}
+        for student in self.students.values():
+            student["model"].eval()
+        self.detector = language_detector(self.languages)
+        self.foreign = foreign_detector()
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """lang, label, score, student_version and status for each row of a frame with text (and optional lang)."""
+        frame = request_frame(model_input, self.languages, self.max_rows, self.max_text_chars)
+        frame["status"] = "ok"
+        missing = frame["lang"].isna()
+        if missing.any():
+            detected = detect_languages(self.detector, self.foreign, frame.loc[missing, "text"].tolist(),
+                                        self.languages, self.foreign_confidence)
+            frame.loc[missing, "lang"] = pd.Series([lang for lang, _ in detected], index=frame.index[missing],
+                                                   dtype=object)
+            frame.loc[missing, "status"] = [status for _, status in detected]
+        unserved = (frame["status"] == "ok") & ~frame["lang"].isin(list(self.versions))
+        frame.loc[unserved, "status"] = "no champion for " + frame.loc[unserved, "lang"]
+        output = pd.DataFrame({"lang": frame["lang"], "label": None, "score": None,
+                               "student_version": frame["lang"].map(self.versions), "status": frame["status"]},
+                              dtype=object)
+        answered = frame[frame["status"] == "ok"]
+        for lang, rows in answered.groupby("lang").groups.items():
+            labels, scores = self.classify(lang, answered.loc[rows, "text"].tolist())
+            output.loc[rows, "label"] = labels
+            output.loc[rows, "score"] = scores
+        output.loc[frame["status"] != "ok", "student_version"] = None
+        return output
+
+    def classify(self, lang: str, texts: list[str]) -> tuple[list[str], list[float]]:
+        """One language's texts through its student, in batches: top label and its probability."""
+        import torch
+
+        model, tokenizer = self.students[lang]["model"], self.students[lang]["tokenizer"]
+        labels, scores = [], []
+        for start in range(0, len(texts), self.batch_size):
+            batch = tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
+            with torch.inference_mode():
+                probabilities = torch.softmax(model(**batch).logits, dim=-1)
+            best = probabilities.max(dim=-1)
+            labels += [model.config.id2label[int(index)] for index in best.indices]
+            scores += best.values.tolist()
+        return labels, scores
+
+
+mlflow.models.set_model(StudentRouter())

@@ -1,0 +1,17 @@
+"""The tasks' retry policy: retry what may pass on a second try (network, a locked database), never a bad input
+file or a hash mismatch, which fail the same way every time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polydistill.data.archives import ArchiveHashMismatch
+from polydistill.data.ingest import CorpusLoadError
+
+PERMANENT_ERRORS = (CorpusLoadError, ArchiveHashMismatch, FileNotFoundError, KeyError, TypeError)
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry_condition_fn: True (go on retrying) unless the failure is a permanent error."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, PERMANENT_ERRORS)

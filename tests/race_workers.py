@@ -1,0 +1,35 @@
+"""Worker processes for the registry race tests (spawned, so each has its own MLflow client and SQLite handles).
+
+A barrier is injected between the read of the champion and the alias write (around the gate), so two promotions
+really overlap whenever nothing serialises them."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+
+def promote_at_barrier(root: str, settings: dict[str, Any], lang: str, version: str, barrier: Any,
+                       use_lock: bool, results: Queue) -> None:
+    """promote(version), waiting at `barrier` after the champion is read; without `use_lock`, no registry lock."""
+    from polydistill.config import set_offline_environment
+
+    set_offline_environment()
+    from polydistill.ops import promotion
+
+    real_gate = promotion.run_gate
+
+    def gate_after_barrier(*arguments: Any, **keywords: Any) -> Any:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:  # the other process is blocked on the lock: go on alone
+            pass
+        return real_gate(*arguments, **keywords)
+
+    promotion.run_gate = gate_after_barrier
+    if not use_lock:
+        promotion.registry_lock = lambda uri, timeout_s: nullcontext()
+    results.put(promotion.promote(Path(root), settings, lang, version).as_dict())
