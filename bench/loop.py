@@ -209,7 +209,7 @@ def run(quick: bool) -> dict[str, Any]:
         prepared_train = pd.read_parquet(REPO_ROOT / "data/prepared/train.parquet")
         texts = prepared_train[prepared_train["lang"] == LANGUAGE]["text"].tolist()
         info = build_student(teacher_dir, texts, scratch / "student", params["distill"]["student"],
-                             train_params["seed"])
+                             train_params["seed"], train_params["max_length"])
         size = model_size(info.path)
         shape = (size["non_embedding_params"], size["num_layers"], size["hidden_size"])
         frame, train = load_slice(teacher_dir, info.path, steps * batch_size, params)

@@ -19,7 +19,7 @@ from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, load_project_params, require, target
 from polydistill.model.distill import distill_language
-from polydistill.model.metrics import probabilities_from_model
+from polydistill.model.runtime import probabilities_from_model
 from polydistill.model.soft_labels import SoftLabelSettings
 
 SIZES = {"quick": {"seeds": 2, "languages": ["es"], "epochs": 1}, "full": {"seeds": 3, "languages": None,

@@ -18,68 +18,65 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import REPO_ROOT, format_summary, interleave, load_project_params, paired_ratios, require, target
-from polydistill.model.metrics import measure_speed, model_size
+from bench.common import REPO_ROOT, load_project_params, require, target
+from polydistill.model.metrics import SpeedSettings, measure_speeds, model_size, paired_speedup
+from polydistill.model.runtime import load_text_classifier
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from harness import free_port, wait_for_http  # noqa: E402
 
 SIZES = {
-    "quick": {"repeats": 2, "latency_repeats": 10, "throughput_texts": 64, "warmup": 2,
+    "quick": {"rounds": 2, "latency_repeats": 10, "throughput_texts": 64, "warmup": 1,
               "http_latency_repeats": 10, "http_batches": 2},
-    "full": {"repeats": 3, "latency_repeats": None, "throughput_texts": None, "warmup": None,
+    "full": {"rounds": None, "latency_repeats": None, "throughput_texts": None, "warmup": None,
              "http_latency_repeats": 50, "http_batches": 8},  # None: params.yaml evaluate's value
 }
 MIN_PARAM_RATIO = 20.0
 MIN_THROUGHPUT_RATIO = 10.0
+MIN_LATENCY_RATIO = 5.0
 SERVER_START_SECONDS = 240
 
 
-def speed_settings(sizes: dict[str, Any], evaluate: dict[str, Any]) -> dict[str, Any]:
-    """measure_speed arguments: the bench size where set, else the evaluate stage's setting."""
-    keys = ("latency_repeats", "throughput_texts", "warmup")
-    return {"threads": evaluate["threads"], "max_length": evaluate["max_length"],
-            "throughput_batch": evaluate["throughput_batch"],
-            **{key: sizes[key] if sizes[key] is not None else evaluate[key] for key in keys}}
+def speed_settings(sizes: dict[str, Any], evaluate: dict[str, Any]) -> SpeedSettings:
+    """The evaluate stage's speed settings, with the bench size's overrides where set."""
+    keys = ("rounds", "latency_repeats", "throughput_texts", "warmup")
+    return SpeedSettings.from_params({**evaluate, **{key: sizes[key] for key in keys if sizes[key] is not None}})
 
 
-def measure(model_dir: Path, texts: list[str], settings: dict[str, Any]) -> Any:
-    def call() -> dict[str, float]:
-        return measure_speed(model_dir, texts[:settings["throughput_texts"]], settings["threads"],
-                             settings["max_length"], settings["latency_repeats"], settings["throughput_batch"],
-                             settings["warmup"])
-    return call
-
-
-def compare_language(lang: str, teacher_dir: Path, student_dir: Path, texts: list[str], settings: dict[str, Any],
-                     repeats: int) -> dict[str, Any]:
-    """Sizes once, speeds interleaved; ratios teacher/student params and student/teacher throughput."""
-    sizes = {"teacher": model_size(teacher_dir), "student": model_size(student_dir)}
-    runs = interleave({"teacher": measure(teacher_dir, texts, settings),
-                       "student": measure(student_dir, texts, settings)}, repeats)
-    throughput = {name: [entry["throughput_texts_per_s"] for entry in runs[name]] for name in runs}
-    latency = {name: [entry["latency_ms_median"] for entry in runs[name]] for name in runs}
+def compare_language(lang: str, teacher_dir: Path, student_dir: Path, texts: list[str], settings: SpeedSettings,
+                     max_length: int, runtime: str) -> dict[str, Any]:
+    """Teacher and student, each as trained (PyTorch fp32) and in the serving runtime, measured interleaved."""
+    models = {"teacher": teacher_dir, "student": student_dir}
+    runtimes = dict.fromkeys(["torch_fp32", runtime])
+    classifiers = {f"{name} {kind}": load_text_classifier(directory, kind, max_length)
+                   for name, directory in models.items() for kind in runtimes}
+    speeds = measure_speeds(classifiers, texts, settings)
+    sizes = {name: model_size(directory) for name, directory in models.items()}
+    served, trained = f"student {runtime}", "teacher torch_fp32"
     return {
-        "lang": lang, "sizes": sizes, "runs": runs,
+        "lang": lang, "sizes": sizes, "speeds": speeds, "runtime": runtime,
         "param_ratio": sizes["teacher"]["total_params"] / sizes["student"]["total_params"],
         "non_embedding_ratio": sizes["teacher"]["non_embedding_params"] / sizes["student"]["non_embedding_params"],
-        "throughput_ratio": paired_ratios(throughput["student"], throughput["teacher"]),
-        "latency_ratio": paired_ratios(latency["teacher"], latency["student"]),
+        "served_vs_trained": paired_speedup(speeds[served], speeds[trained]),
+        "same_runtime": paired_speedup(speeds[served], speeds[f"teacher {runtime}"]),
     }
-
-
-def median_of(runs: list[dict], key: str) -> float:
-    return statistics.median(entry[key] for entry in runs)
 
 
 def language_rows(comparison: dict[str, Any]) -> list[list[str]]:
     rows = []
-    for name in ("teacher", "student"):
-        size, runs = comparison["sizes"][name], comparison["runs"][name]
+    for name, speed in comparison["speeds"].items():
+        size = comparison["sizes"][name.split()[0]]
         rows.append([comparison["lang"], name, f"{size['total_params']:,}", f"{size['non_embedding_params']:,}",
-                     f"{size['weights_mb']:.1f}", f"{median_of(runs, 'latency_ms_median'):.1f}",
-                     f"{median_of(runs, 'latency_ms_p90'):.1f}", f"{median_of(runs, 'throughput_texts_per_s'):.0f}"])
+                     f"{size['weights_mb']:.1f}", f"{speed['latency_ms_median']:.1f} "
+                     f"({speed['latency_ms_p25']:.1f}–{speed['latency_ms_p75']:.1f})",
+                     f"{speed['throughput_texts_per_s']:.0f} ({speed['throughput_texts_per_s_min']:.0f}–"
+                     f"{speed['throughput_texts_per_s_max']:.0f})"])
     return rows
+
+
+def ratio_cells(ratio: dict[str, float]) -> list[str]:
+    spread = f"{ratio['throughput_ratio_min']:.1f}–{ratio['throughput_ratio_max']:.1f}"
+    return [f"{ratio['throughput_ratio']:.1f}x ({spread})", f"{ratio['latency_ratio']:.1f}x"]
 
 
 def champion_router(params: dict[str, Any]) -> tuple[str | None, str]:
@@ -130,31 +127,54 @@ def serve_router(uri: str, params: dict[str, Any], port: int, log_path: Path) ->
     raise RuntimeError(f"mlflow models serve did not answer /ping in {SERVER_START_SECONDS} s")
 
 
-def measure_router(uri: str, params: dict[str, Any], texts: list[str], sizes: dict[str, Any],
-                   batch_size: int) -> dict[str, Any]:
-    """Batch-1 latency and batch-`batch_size` throughput of the served router (language detection included)."""
+def http_figures(url: str, rows: list[dict[str, str]], sizes: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """Batch-1 latency over the first rows and throughput over batches of `batch_size` rows (one request each)."""
+    latencies = [post(url, [row]) * 1000 for row in rows[:sizes["http_latency_repeats"]]]
+    batches = [rows[start:start + batch_size] for start in range(0, batch_size * sizes["http_batches"], batch_size)]
+    seconds = sum(post(url, batch) for batch in batches)
+    return {"latency_ms_median": statistics.median(latencies), "latency_ms_p90": float(np.percentile(latencies, 90)),
+            "throughput_texts_per_s": sum(len(batch) for batch in batches) / seconds, "batch": batch_size,
+            "requests": len(latencies) + len(batches)}
+
+
+def measure_router(uri: str, params: dict[str, Any], texts: pd.DataFrame, sizes: dict[str, Any],
+                   batch_size: int) -> dict[str, dict[str, Any]]:
+    """The served router over HTTP: language detected (text only) and language given (text and lang)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         server = serve_router(uri, params, port, Path(scratch) / "serve.log")
         url = f"http://127.0.0.1:{port}/invocations"
         try:
-            post(url, [{"text": texts[0]}])
-            latencies = [post(url, [{"text": text}]) * 1000 for text in texts[:sizes["http_latency_repeats"]]]
-            batches = [texts[start:start + batch_size] for start in range(0, batch_size * sizes["http_batches"],
-                                                                          batch_size)]
-            seconds = sum(post(url, [{"text": text} for text in batch]) for batch in batches)
+            post(url, [{"text": texts["text"].iloc[0]}])
+            return {"detected": http_figures(url, [{"text": text} for text in texts["text"]], sizes, batch_size),
+                    "given": http_figures(url, texts[["text", "lang"]].to_dict("records"), sizes, batch_size)}
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
-    return {"latency_ms_median": statistics.median(latencies), "latency_ms_p90": float(np.percentile(latencies, 90)),
-            "throughput_texts_per_s": sum(len(batch) for batch in batches) / seconds, "batch": batch_size,
-            "requests": len(latencies) + len(batches)}
+
+
+def detection_cost(texts: list[str], languages: list[str], confidence: float) -> dict[str, float]:
+    """In-process lingua cost of the router's language detection: ms for one text, and per text in a batch."""
+    from polydistill.ops.router import detect_languages, foreign_detector, language_detector
+
+    detector, foreign = language_detector(languages), foreign_detector()
+    detect_languages(detector, foreign, texts[:2], languages, confidence)
+    single = []
+    for text in texts[:50]:
+        started = time.perf_counter()
+        detect_languages(detector, foreign, [text], languages, confidence)
+        single.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    detect_languages(detector, foreign, texts, languages, confidence)
+    return {"single_ms_median": statistics.median(single),
+            "batched_ms_per_text": (time.perf_counter() - started) * 1000 / len(texts)}
 
 
 def run(quick: bool) -> dict[str, Any]:
     sizes = SIZES["quick" if quick else "full"]
     params = load_project_params()
     settings = speed_settings(sizes, params["evaluate"])
+    runtime, max_length = params["registry"]["router"]["runtime"], params["evaluate"]["max_length"]
     teacher_dir = require(REPO_ROOT / "models/teacher", "make run")
     test = pd.read_parquet(require(REPO_ROOT / "data/prepared/test.parquet", "make run"))
     languages = [lang for lang in params["data"]["languages"]
@@ -163,33 +183,37 @@ def run(quick: bool) -> dict[str, Any]:
         return {"name": "speed", "title": "2. Student vs teacher",
                 "skipped": "no models/students/<lang>/kd yet: run `make run` first"}
     comparisons = [compare_language(lang, teacher_dir, REPO_ROOT / f"models/students/{lang}/kd",
-                                    test[test["lang"] == lang]["text"].tolist(), settings, sizes["repeats"])
+                                    test[test["lang"] == lang]["text"].tolist(), settings, max_length, runtime)
                    for lang in languages]
     rows = [row for comparison in comparisons for row in language_rows(comparison)]
     ratio_rows = [[c["lang"], f"{c['param_ratio']:.1f}x", f"{c['non_embedding_ratio']:.1f}x",
-                   format_summary(c["throughput_ratio"], ".2f", "x"), format_summary(c["latency_ratio"], ".2f", "x")]
-                  for c in comparisons]
+                   *ratio_cells(c["served_vs_trained"]), *ratio_cells(c["same_runtime"])] for c in comparisons]
     worst_params = min(comparisons, key=lambda c: c["param_ratio"])
-    worst_speed = min(comparisons, key=lambda c: c["throughput_ratio"]["median"])
+    worst_speed = min(comparisons, key=lambda c: c["served_vs_trained"]["throughput_ratio"])
+    worst_latency = min(comparisons, key=lambda c: c["served_vs_trained"]["latency_ratio"])
     result: dict[str, Any] = {
-        "name": "speed", "title": "2. Student vs teacher", "config": {**sizes, **settings},
+        "name": "speed", "title": "2. Student vs teacher", "config": {**sizes, **settings.__dict__},
         "comparisons": comparisons,
         "tables": [
-            {"title": f"Size and CPU speed ({settings['threads']} threads, tokenisation included, medians of "
-                      f"{sizes['repeats']} interleaved repeats; latency over {settings['latency_repeats']} single "
-                      f"texts, throughput over {settings['throughput_texts']} test texts at batch "
-                      f"{settings['throughput_batch']})",
-             "columns": ["lang", "model", "params", "non-embedding params", "weights MB", "latency ms (median)",
-                         "latency ms (p90)", "texts/s"], "rows": rows},
-            {"title": "Ratios (teacher/student params; student/teacher throughput and latency speed-up, per-repeat "
-                      "pairs, median (min–max))",
-             "columns": ["lang", "fewer params", "fewer non-embedding params", "throughput ratio",
-                         "batch-1 latency speed-up"], "rows": ratio_rows},
+            {"title": f"Size and CPU speed ({settings.threads} threads, tokenisation included, {settings.rounds} "
+                      f"interleaved rounds after warm-up; latency over {settings.latency_repeats} single texts per "
+                      f"round, median (p25–p75); throughput over {settings.throughput_texts} test texts at batch "
+                      f"{settings.throughput_batch}, median (min–max over rounds))",
+             "columns": ["lang", "model runtime", "params", "non-embedding params", "weights MB", "latency ms",
+                         "texts/s"], "rows": rows},
+            {"title": f"Ratios: teacher/student params; speed-ups per round (median (min–max)) of the student as "
+                      f"served ({runtime}) over the teacher as trained (torch_fp32), and over the teacher in "
+                      f"{runtime}",
+             "columns": ["lang", "fewer params", "fewer non-embedding params", "texts/s vs teacher fp32",
+                         "batch-1 latency vs teacher fp32", f"texts/s vs teacher {runtime}",
+                         f"latency vs teacher {runtime}"], "rows": ratio_rows},
         ],
         "targets": [target(f"fewer params, worst language ({worst_params['lang']})", worst_params["param_ratio"],
                            MIN_PARAM_RATIO, unit="x"),
-                    target(f"throughput ratio, worst language ({worst_speed['lang']})",
-                           worst_speed["throughput_ratio"]["median"], MIN_THROUGHPUT_RATIO, unit="x")],
+                    target(f"texts/s vs teacher fp32, worst language ({worst_speed['lang']})",
+                           worst_speed["served_vs_trained"]["throughput_ratio"], MIN_THROUGHPUT_RATIO, unit="x"),
+                    target(f"batch-1 latency vs teacher fp32, worst language ({worst_latency['lang']})",
+                           worst_latency["served_vs_trained"]["latency_ratio"], MIN_LATENCY_RATIO, unit="x")],
         "notes": [f"Languages with a KD student: {', '.join(languages)}."],
     }
     add_router(result, params, test, sizes, params["registry"]["router"]["batch_size"])
@@ -198,18 +222,28 @@ def run(quick: bool) -> dict[str, Any]:
 
 def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFrame, sizes: dict[str, Any],
                batch_size: int) -> None:
-    """The HTTP figures of the champion router, or a note saying why there are none."""
+    """The HTTP figures of the champion router (language detected and given), the in-process cost of language
+    detection, or a note saying why there are none."""
     uri, reason = champion_router(params)
     if uri is None:
         result["notes"].append(f"Router endpoint not measured: {reason}.")
         return
     texts = test.groupby("lang").head(batch_size * sizes["http_batches"]).sample(frac=1.0, random_state=13)
-    router = measure_router(uri, params, texts["text"].tolist(), sizes, batch_size)
-    result["router"] = router
+    router = measure_router(uri, params, texts, sizes, batch_size)
+    detection = detection_cost(texts["text"].tolist(), params["data"]["languages"],
+                               params["registry"]["router"]["foreign_confidence"])
+    result["router"] = {**router, "detection": detection}
     result["tables"].append({
-        "title": "Router endpoint over HTTP (mlflow models serve, local env; language detected by lingua; mixed "
-                 "languages per request)",
-        "columns": ["latency ms batch 1 (median)", "latency ms batch 1 (p90)", f"texts/s at batch {batch_size}",
-                    "requests"],
-        "rows": [[f"{router['latency_ms_median']:.1f}", f"{router['latency_ms_p90']:.1f}",
-                  f"{router['throughput_texts_per_s']:.0f}", router["requests"]]]})
+        "title": "Router endpoint over HTTP (mlflow models serve, local env; mixed languages per request): with the "
+                 "language detected by lingua (text only) and given (text and lang)",
+        "columns": ["lang column", "latency ms batch 1 (median)", "latency ms batch 1 (p90)",
+                    f"texts/s at batch {batch_size}", "requests"],
+        "rows": [[kind, f"{entry['latency_ms_median']:.1f}", f"{entry['latency_ms_p90']:.1f}",
+                  f"{entry['throughput_texts_per_s']:.0f}", entry["requests"]] for kind, entry in router.items()]})
+    result["notes"].append(f"Language detection in process (lingua, both detectors): "
+                           f"{detection['single_ms_median']:.2f} ms for one text, "
+                           f"{detection['batched_ms_per_text']:.2f} ms per text in a batch.")
+    result["targets"] += [target("router p50 latency, one text, language detected", router["detected"]
+                                 ["latency_ms_median"], 10.0, higher_is_better=False, unit=" ms"),
+                          target(f"router texts/s at batch {batch_size}, language detected",
+                                 router["detected"]["throughput_texts_per_s"], 500.0)]

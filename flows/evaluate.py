@@ -21,7 +21,8 @@ def evaluate_flow() -> list[dict]:
         "summary": root / "reports/evaluation.md",
     }
     return evaluate_task(params["data"]["languages"], paths, params["evaluate"], params["data"]["labels"],
-                         params["soft_labels"]["max_length"], params["distill"]["mode"])
+                         params["soft_labels"]["max_length"], params["distill"]["mode"],
+                         params["registry"]["router"]["runtime"])
 
 
 if __name__ == "__main__":

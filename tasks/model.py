@@ -80,11 +80,11 @@ def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], so
 
 @task(name="evaluate")
 def evaluate_task(languages: list[str], paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
-                  max_length: int, mode: str) -> list[dict]:
+                  max_length: int, mode: str, runtime: str) -> list[dict]:
     """Score every language's systems on its test split and write metrics, plots and the summary."""
     from polydistill.model.evaluate import evaluate_all
 
-    rows = evaluate_all(languages, paths, settings, labels, max_length, mode)
+    rows = evaluate_all(languages, paths, settings, labels, max_length, mode, runtime)
     for row in rows:
         get_run_logger().info("%s: teacher %.3f, KD %.3f, CE %.3f, TF-IDF %.3f, retention %.1f%%", row["lang"],
                               row["teacher_macro_f1"], row["kd_macro_f1"], row["ce_macro_f1"],

@@ -129,10 +129,11 @@ VALIDATION_ROWS = 24  # per language, from the fixture corpus
 
 def student_labels(folder: Path, texts: list[str]) -> list[str]:
     """The labels a student folder predicts, scored as the promotion gate scores a registered version."""
-    from polydistill.model.metrics import probabilities_from_model
+    from polydistill.model.runtime import probabilities_from_model
 
     router = registry_settings()["router"]
-    probabilities = probabilities_from_model(folder, texts, router["max_length"], router["batch_size"], threads=1)
+    probabilities = probabilities_from_model(folder, texts, router["max_length"], router["batch_size"], threads=1,
+                                             runtime=router["runtime"])
     names = json.loads((folder / "config.json").read_text(encoding="utf-8"))["id2label"]
     return [names[str(index)] for index in probabilities.argmax(axis=1)]
 

@@ -48,9 +48,10 @@ def fixture_params(languages: list[str], teacher_dir: Path | None = None) -> dic
     quick = {"eval_every": 5, "checkpoint_every": 5, "learning_rate": 1e-3, "batch_size": 8}
     params["teacher"].update(quick, model=str(teacher_dir), epochs=2, freeze_word_embeddings=False)
     params["distill"]["student"]["layers"] = [0, 2]
+    params["distill"]["student"]["narrow"].update(hidden_size=16, num_heads=2, intermediate_size=32, sample_texts=64)
     params["distill"]["train"].update(quick)
     params["distill"]["independent_teacher"].update(quick)
-    params["evaluate"].update(bootstrap_samples=200, latency_repeats=5, throughput_texts=32, warmup=1)
+    params["evaluate"].update(bootstrap_samples=200, latency_repeats=5, throughput_texts=32, warmup=1, rounds=2)
     return params
 
 

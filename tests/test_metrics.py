@@ -21,21 +21,23 @@ from transformers import (
 )
 
 from polydistill.model.metrics import (
+    SpeedSettings,
     bootstrap_macro_f1,
     classification_metrics,
     expected_calibration_error,
     macro_f1_from_confusion,
     markdown_summary,
-    measure_speed,
+    measure_speeds,
     model_size,
     paired_bootstrap_difference,
+    paired_speedup,
     plot_confusion_matrices,
     plot_grouped_bars,
-    probabilities_from_model,
     resample_indices,
     write_bars_csv,
     write_confusion_csv,
 )
+from polydistill.model.runtime import probabilities_from_model
 
 torch.set_num_threads(1)
 
@@ -238,27 +240,32 @@ def test_model_size_splits_embedding_and_other_parameters_exactly(model_dir: Pat
     assert size["weights_mb"] == size["weights_bytes"] / 1e6
 
 
-def test_measure_speed_reports_latency_and_throughput_and_restores_threads(model_dir: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a classifier call that costs a known 20 ms, the figures follow: every call counted once, the latency
-    at least 20 ms, the throughput at most texts / (batches · 20 ms)."""
-    from polydistill.model import metrics
+def test_speeds_are_measured_interleaved_after_warm_up_and_restore_threads() -> None:
+    """Two classifiers whose calls cost a known 4 and 12 ms per call: every call is counted (warm-up at batch 1 and
+    at the measured batch first), rounds alternate the order, and the figures and paired ratio follow."""
+    calls: list[tuple[str, int]] = []
 
-    calls: list[int] = []
+    def costing(name: str, seconds: float):
+        def classify(batch: list[str]) -> None:
+            calls.append((name, len(batch)))
+            time.sleep(seconds)
+        return classify
 
-    def classify_in_20_ms(tokenizer: object, model: object, batch: list[str], max_length: int) -> None:
-        calls.append(len(batch))
-        time.sleep(0.02)
-
-    monkeypatch.setattr(metrics, "_classify", classify_in_20_ms)
     torch.set_num_threads(1)
-    speed = measure_speed(model_dir, texts(40, 1), threads=2, max_length=32, latency_repeats=9,
-                          throughput_batch=8, warmup=2)
-    assert torch.get_num_threads() == 1 and speed["threads"] == 2
-    assert calls == [1] * (2 + 9) + [8] * 5  # warm-up, latency repeats, then 40 texts in batches of 8
-    assert 20 <= speed["latency_ms_median"] <= speed["latency_ms_p90"]
-    assert speed["throughput_texts_per_s"] <= 40 / (5 * 0.02)
-    assert speed["throughput_texts"] == 40 and speed["tokenization_included"] is True
+    settings = SpeedSettings(threads=2, latency_repeats=3, throughput_batch=8, throughput_texts=16, warmup=1,
+                             rounds=2)
+    speeds = measure_speeds({"fast": costing("fast", 0.004), "slow": costing("slow", 0.012)}, texts(40, 1), settings)
+    assert torch.get_num_threads() == 1 and speeds["fast"]["threads"] == 2
+    warm_up = [("fast", 1), ("fast", 8), ("slow", 1), ("slow", 8)]
+    one_round = {name: [(name, 1)] * 3 + [(name, 8)] * 2 for name in ("fast", "slow")}
+    assert calls == warm_up + one_round["fast"] + one_round["slow"] + one_round["slow"] + one_round["fast"]
+    fast, slow = speeds["fast"], speeds["slow"]
+    assert 4 <= fast["latency_ms_median"] <= fast["latency_ms_p90"] and slow["latency_ms_median"] >= 12
+    assert fast["throughput_texts_per_s"] <= 16 / (2 * 0.004) and len(fast["throughput_rounds"]) == 2
+    assert fast["throughput_texts_per_s_min"] <= fast["throughput_texts_per_s"] <= fast["throughput_texts_per_s_max"]
+    ratio = paired_speedup(fast, slow)
+    assert 1.5 < ratio["throughput_ratio"] < 3.5 and ratio["throughput_ratio_min"] <= ratio["throughput_ratio_max"]
+    assert ratio["latency_ratio"] == pytest.approx(slow["latency_ms_median"] / fast["latency_ms_median"])
 
 
 def test_probabilities_keep_the_original_row_order(model_dir: Path) -> None:

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
+from polydistill.model.runtime import TextClassifier, for_runtime
 from polydistill.ops import pipeline_run, promotion, serving
 
 MIXED = pd.DataFrame({"text": [
@@ -63,11 +64,17 @@ def test_router_routes_a_mixed_batch_in_process(router_project: Path, loaded_rou
     assert set(output["label"]) <= {"negative", "positive"} and output["score"].astype(float).between(0.5, 1).all()
     assert set(output["student_version"]) == {"1"}
 
-    direct = {lang: mlflow.pyfunc.load_model(f"models:/polydistill-student-{lang}@champion") for lang in ("en", "zh")}
-    for row, lang in ((0, "en"), (1, "zh")):
-        expected = direct[lang].predict([MIXED["text"][row]]).iloc[0]
-        assert output["label"][row] == expected["label"]
-        assert output["score"][row] == pytest.approx(expected["score"], abs=1e-5)
+    served = registry_settings()["router"]
+    for lang in ("en", "zh"):  # each answer is the champion's, run in the serving runtime on the same batch
+        parts = mlflow.transformers.load_model(f"models:/polydistill-student-{lang}@champion",
+                                               return_type="components")
+        student = TextClassifier(parts["tokenizer"], for_runtime(parts["model"], served["runtime"]),
+                                 served["max_length"])
+        rows = [row for row, expected in enumerate(EXPECTED_LANGS) if expected == lang]
+        probabilities = student([MIXED["text"][row] for row in rows])
+        assert list(output["label"][rows]) == [student.label_names[index] for index in probabilities.argmax(axis=1)]
+        assert output["score"][rows].astype(float).tolist() == pytest.approx(probabilities.max(axis=1).tolist(),
+                                                                             abs=1e-6)
 
     forced = loaded_router.predict(pd.DataFrame({"text": MIXED["text"][:3], "lang": ["zh", None, pd.NA]}))
     assert list(forced["lang"]) == ["zh", "zh", "sl"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import xlmr_style_tokenizer
+from tiny_models import tiny_pretrained_encoder, xlmr_style_tokenizer
 from tokenizers import Tokenizer
 from transformers import (
     AutoModelForSequenceClassification,
@@ -22,6 +22,14 @@ from transformers import (
 )
 
 from polydistill.data.archives import PinnedArchive, download_archive, read_member
+from polydistill.model.narrow import (
+    NarrowSettings,
+    activation_statistics,
+    build_narrow_student,
+    narrow_state_dict,
+    principal_basis,
+    top_indices,
+)
 from polydistill.model.student import (
     TEACHER_TOKEN_IDS_FILE,
     build_scratch_student,
@@ -29,6 +37,7 @@ from polydistill.model.student import (
     character_class,
     language_vocabulary,
     segmentation_fidelity,
+    teacher_layer_student,
     trim_tokenizer,
     unknown_token_rate,
 )
@@ -369,3 +378,123 @@ def test_real_xlmr_vocabulary_trims_in_seconds_and_tokenizes_identically(tmp_pat
         assert seconds < 30, f"{language}: trimming took {seconds:.1f} s"
         assert len(kept) < len(teacher_json["model"]["vocab"]) / 10
         assert pieces(trimmed, texts) == pieces(teacher, texts)
+
+
+# ------------------------------------------------------------------------------------------------ narrow students
+
+NARROW = NarrowSettings(hidden_size=16, num_heads=2, intermediate_size=32, sample_texts=60, max_length=32,
+                        batch_size=16)
+
+
+def test_a_narrow_student_has_the_requested_shape_and_loads_offline(teacher_dir: Path, tmp_path: Path) -> None:
+    info = build_narrow_student(teacher_dir, CORPUS["en"], [0, 2], NARROW, tmp_path / "narrow")
+    wide = build_student_from_teacher(teacher_dir, CORPUS["en"], [0, 2], tmp_path / "wide")
+    model = AutoModelForSequenceClassification.from_pretrained(info.path)
+    config = model.config
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size, config.num_hidden_layers) == (
+        16, 2, 32, 2)
+    assert info.vocab_size == wide.vocab_size and info.total_params < wide.total_params / 1.9
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    logits = model(**tokenizer(CORPUS["en"][:4], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+
+
+def test_narrowing_in_the_identity_basis_keeping_everything_changes_no_weight(teacher_dir: Path) -> None:
+    wide, tokenizer_json, _kept = teacher_layer_student(teacher_dir, CORPUS["es"], [1, 3])
+    statistics = activation_statistics(wide, tokenizer_json, CORPUS["es"][:40], NARROW)
+    state = narrow_state_dict(wide.state_dict(), statistics, torch.eye(32), 1.0, num_heads=4,
+                              intermediate_size=64, head_dim=8, prefix="bert")
+    reference = wide.state_dict()
+    assert set(state) == set(reference)
+    for key, tensor in state.items():
+        torch.testing.assert_close(tensor, reference[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_the_most_important_heads_and_neurons_are_kept_in_their_order(teacher_dir: Path) -> None:
+    wide, tokenizer_json, _kept = teacher_layer_student(teacher_dir, CORPUS["es"], [0, 1])
+    statistics = activation_statistics(wide, tokenizer_json, CORPUS["es"][:40], NARROW)
+    statistics.head_importance[0] = torch.tensor([0.1, 0.9, 0.2, 0.8], dtype=torch.float64)
+    statistics.neuron_importance[0] = torch.arange(64, dtype=torch.float64).flip(0)  # first neurons matter most
+    state = narrow_state_dict(wide.state_dict(), statistics, torch.eye(32), 1.0, num_heads=2,
+                              intermediate_size=5, head_dim=8, prefix="bert")
+    reference = wide.state_dict()
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(state[query], torch.cat([reference[query][8:16], reference[query][24:32]]))
+    output = "bert.encoder.layer.0.attention.output.dense.weight"
+    torch.testing.assert_close(state[output], torch.cat([reference[output][:, 8:16], reference[output][:, 24:32]], 1))
+    torch.testing.assert_close(state["bert.encoder.layer.0.intermediate.dense.weight"],
+                               reference["bert.encoder.layer.0.intermediate.dense.weight"][:5])
+    assert top_indices(torch.tensor([3.0, 1.0, 5.0, 4.0]), 2).tolist() == [2, 3]
+
+
+def test_the_principal_basis_holds_the_strongest_directions_and_their_energy_share() -> None:
+    rotation = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(0)))[0].double()
+    moment = rotation @ torch.diag(torch.tensor([1.0, 9.0, 4.0, 0.5], dtype=torch.float64)) @ rotation.T
+    basis, energy = principal_basis(moment, 2)
+    assert energy == pytest.approx(13 / 14.5)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(2), atol=1e-5, rtol=0)
+    for column, index in zip(basis.T, (1, 2)):
+        assert abs(float(column.double() @ rotation[:, index])) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_narrow_student_must_keep_the_teachers_head_size(teacher_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="head size 8"):
+        build_narrow_student(teacher_dir, CORPUS["en"], [0], NarrowSettings(12, 2, 32, 10, 32, 8), tmp_path / "n")
+    with pytest.raises(ValueError, match="wider than the teacher"):
+        build_narrow_student(teacher_dir, CORPUS["en"], [0], NarrowSettings(64, 8, 32, 10, 32, 8), tmp_path / "n")
+
+
+def test_the_hidden_state_projector_of_a_narrow_student_receives_gradients(teacher_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """Student width 16, teacher 32: the projections map student states into the teacher's space and train."""
+    from polydistill.model.distill import KnowledgeDistillationLoss
+    from polydistill.model.training import Batch
+
+    info = build_narrow_student(teacher_dir, CORPUS["zh"], [0, 3], NARROW, tmp_path / "narrow")
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+    kept = json.loads((info.path / TEACHER_TOKEN_IDS_FILE).read_text(encoding="utf-8"))
+    loss = KnowledgeDistillationLoss(0.5, 2.0, 1.0, teacher, kept, list(info.layers), info.hidden_size)
+    student = AutoModelForSequenceClassification.from_pretrained(info.path)
+    encoded = AutoTokenizer.from_pretrained(info.path)(CORPUS["zh"][:6], padding=True, return_tensors="pt")
+    batch = Batch(encoded["input_ids"], encoded["attention_mask"], torch.tensor([0, 1, 2, 0, 1, 2]),
+                  torch.randn(6, 3, generator=torch.Generator().manual_seed(1)))
+    parts = loss(student, batch)
+    parts["total"].backward()
+    assert parts["hidden"].item() > 0
+    projector = loss.extra_parameters()
+    assert projector and all(parameter.grad is not None and parameter.grad.abs().sum() > 0
+                             for parameter in projector)
+
+
+def fit_to_languages(folder: Path, steps: int = 30) -> Path:
+    """Train the folder's classifier (in place) to tell en, es and zh apart: a model that predicts every class."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    encoded = tokenizer(CORPUS["en"] + CORPUS["es"] + CORPUS["zh"], padding=True, return_tensors="pt")
+    labels = torch.arange(3).repeat_interleave(len(CORPUS["en"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(labels), (32,))
+        loss = model(input_ids=encoded["input_ids"][rows], attention_mask=encoded["attention_mask"][rows],
+                     labels=labels[rows]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_the_int8_runtime_agrees_with_the_model_as_trained(tmp_path: Path) -> None:
+    """On a fixture classifier that predicts several classes: ≥ 99% equal argmaxes, probabilities within 0.02."""
+    from polydistill.model.runtime import load_text_classifier
+
+    texts = CORPUS["en"] + CORPUS["es"] + CORPUS["zh"]
+    student = fit_to_languages(tiny_pretrained_encoder(tmp_path / "student", texts, list(LABELS.values())))
+    trained = load_text_classifier(student, "torch_fp32", 32).probabilities(texts, 16)
+    served = load_text_classifier(student, "torch_int8", 32).probabilities(texts, 16)
+    assert len(set(trained.argmax(axis=1))) >= 2
+    assert (served.argmax(axis=1) == trained.argmax(axis=1)).mean() >= 0.99
+    assert abs(served - trained).max() <= 0.02
+    assert not torch.equal(torch.from_numpy(served), torch.from_numpy(trained))  # really a different runtime

@@ -14,17 +14,19 @@ import numpy as np
 import pandas as pd
 
 from polydistill.model.metrics import (
+    SpeedSettings,
     classification_metrics,
     markdown_summary,
-    measure_speed,
+    measure_speeds,
     model_size,
     paired_bootstrap_difference,
+    paired_speedup,
     plot_confusion_matrices,
     plot_grouped_bars,
-    probabilities_from_model,
     write_bars_csv,
     write_confusion_csv,
 )
+from polydistill.model.runtime import load_text_classifier, probabilities_from_model
 from polydistill.model.soft_labels import load_soft_labels, softmax, teacher_fingerprint
 from polydistill.model.student import student_segmentation
 
@@ -41,6 +43,8 @@ SUMMARY_COLUMNS = [
     ("compression", "fewer params", ".1f"),
     ("student_throughput", "student texts/s", ".0f"),
     ("speedup", "speed-up", ".1f"),
+    ("student_latency_ms", "student ms (1 text)", ".1f"),
+    ("latency_speedup", "latency gain", ".1f"),
 ]
 
 
@@ -60,10 +64,11 @@ def teacher_probabilities(soft_dir: Path, teacher_dir: Path, tfidf_dir: Path | N
 
 
 def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarray], paths: dict[str, Path],
-                      settings: dict[str, Any], labels: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                      settings: dict[str, Any], labels: list[str],
+                      runtime: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """All systems on one language's test rows: quality, retention, KD gain, size and speed.
 
-    Returns the result and each system's test probabilities.
+    The students are scored as served, in `runtime`. Returns the result and each system's test probabilities.
     """
     label_ids = {label: index for index, label in enumerate(labels)}
     gold = test["label"].map(label_ids).to_numpy()
@@ -76,7 +81,7 @@ def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarr
         systems["tfidf"] = load_model(paths["tfidf"] / lang).probabilities(texts)
     for name, directory in students.items():
         systems[name] = probabilities_from_model(directory, texts, settings["max_length"], settings["batch_size"],
-                                                 settings["threads"])
+                                                 settings["threads"], runtime)
     quality = {name: classification_metrics(gold, probabilities, labels, settings["bootstrap_samples"],
                                             settings["confidence"], settings["ece_bins"], settings["seed"])
                for name, probabilities in systems.items()}
@@ -84,25 +89,47 @@ def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarr
                                                 settings["bootstrap_samples"], settings["confidence"],
                                                 settings["seed"])
               for name, baseline in (("retention", "teacher"), ("kd_gain", "ce_student"))}
-    efficiency = measure_efficiency({"teacher": paths["teacher"], **students}, texts, settings)
-    result = {"lang": lang, "test_rows": len(test), "systems": quality, "paired": paired, "efficiency": efficiency,
+    as_trained = probabilities_from_model(students["kd_student"], texts, settings["max_length"],
+                                          settings["batch_size"], settings["threads"])
+    result = {"lang": lang, "test_rows": len(test), "runtime": runtime, "systems": quality, "paired": paired,
+              "runtime_agreement": runtime_agreement(systems["kd_student"], as_trained),
+              "efficiency": measure_efficiency(paths["teacher"], students["kd_student"], texts, settings, runtime),
               "segmentation": student_segmentation(paths["teacher"], students["kd_student"], texts)}
     return result, systems
 
 
-def measure_efficiency(models: dict[str, Path], texts: list[str], settings: dict[str, Any]) -> dict[str, Any]:
-    """Size and CPU speed of each model on the same texts, one model after another."""
-    sample = texts[:settings["throughput_texts"]]
-    return {name: {**model_size(directory),
-                   **measure_speed(directory, sample, settings["threads"], settings["max_length"],
-                                   settings["latency_repeats"], settings["throughput_batch"], settings["warmup"])}
-            for name, directory in models.items()}
+def runtime_agreement(served: np.ndarray, as_trained: np.ndarray) -> dict[str, float]:
+    """How the student as served differs from the student as trained (fp32) on the same texts."""
+    return {"argmax_agreement": float((served.argmax(axis=1) == as_trained.argmax(axis=1)).mean()),
+            "max_abs_probability_difference": float(np.abs(served - as_trained).max())}
+
+
+def measure_efficiency(teacher_dir: Path, student_dir: Path, texts: list[str], settings: dict[str, Any],
+                       runtime: str) -> dict[str, Any]:
+    """Sizes, and CPU speed measured interleaved: the teacher as trained (PyTorch fp32), the teacher in the
+    serving runtime (when that differs) and the KD student as served; with paired speed-ups over the teacher."""
+    max_length = settings["max_length"]
+    classifiers = {"teacher": load_text_classifier(teacher_dir, "torch_fp32", max_length)}
+    if runtime != "torch_fp32":
+        classifiers["teacher_in_runtime"] = load_text_classifier(teacher_dir, runtime, max_length)
+    classifiers["kd_student"] = load_text_classifier(student_dir, runtime, max_length)
+    speeds = measure_speeds(classifiers, texts, SpeedSettings.from_params(settings))
+    sizes = {"teacher": model_size(teacher_dir), "teacher_in_runtime": model_size(teacher_dir),
+             "kd_student": model_size(student_dir)}
+    efficiency = {name: {**sizes[name], **speed, "runtime": "torch_fp32" if name == "teacher" else runtime}
+                  for name, speed in speeds.items()}
+    efficiency["speedup"] = {"over_teacher_as_trained": paired_speedup(speeds["kd_student"], speeds["teacher"])}
+    if "teacher_in_runtime" in speeds:
+        efficiency["speedup"]["over_teacher_in_runtime"] = paired_speedup(speeds["kd_student"],
+                                                                          speeds["teacher_in_runtime"])
+    return efficiency
 
 
 def summary_row(result: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of one language, as in the Markdown table and the flat metrics."""
     systems, efficiency = result["systems"], result["efficiency"]
     teacher, student = efficiency["teacher"], efficiency["kd_student"]
+    speedup = efficiency["speedup"]["over_teacher_as_trained"]
     return {
         "lang": result["lang"],
         "teacher_macro_f1": systems["teacher"]["macro_f1"],
@@ -119,7 +146,11 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
         "compression": teacher["total_params"] / student["total_params"],
         "student_throughput": student["throughput_texts_per_s"],
         "teacher_throughput": teacher["throughput_texts_per_s"],
-        "speedup": student["throughput_texts_per_s"] / teacher["throughput_texts_per_s"],
+        "speedup": speedup["throughput_ratio"],
+        "student_latency_ms": student["latency_ms_median"],
+        "teacher_latency_ms": teacher["latency_ms_median"],
+        "latency_speedup": speedup["latency_ratio"],
+        "runtime_argmax_agreement": result["runtime_agreement"]["argmax_agreement"],
     }
 
 
@@ -132,8 +163,9 @@ def language_paths(paths: dict[str, Path], lang: str, mode: str) -> dict[str, Pa
 
 
 def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
-                 max_length: int, mode: str) -> list[dict[str, Any]]:
-    """Evaluate every language; write metrics/<lang>.json, plots and the Markdown summary."""
+                 max_length: int, mode: str, runtime: str) -> list[dict[str, Any]]:
+    """Evaluate every language (students in the serving `runtime`); write metrics/<lang>.json, plots and the
+    Markdown summary."""
     import torch
 
     torch.set_num_threads(settings["threads"])
@@ -150,7 +182,8 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
         teacher = ({name: values[mask] for name, values in shared_teacher.items()} if shared_teacher is not None
                    else teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"],
                                               paths["teacher_tfidf"], lang_test, labels, max_length))
-        result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels)
+        result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels,
+                                                 runtime)
         result["summary"] = summary_row(result)
         write_json(paths["metrics"] / f"{lang}.json", result)
         rows.append(result["summary"])

@@ -14,15 +14,16 @@ from __future__ import annotations
 import csv
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification
 
 BAR_SYSTEMS = ("teacher", "kd_student", "ce_student", "tfidf")
 EMBEDDING_MODULES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
@@ -188,13 +189,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def load_classifier(model_dir: Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Tokenizer and sequence classifier of a Hugging Face folder, in eval mode (local files only)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
-    return tokenizer, model
-
-
 def model_size(model_dir: Path) -> dict[str, Any]:
     """Parameter counts (embedding = word + position + token type tables), weights on disk and vocabulary size.
 
@@ -235,73 +229,92 @@ def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[list[s
     return [[texts[index] for index in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
 
 
-def _classify(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, texts: list[str],
-              max_length: int) -> torch.Tensor:
-    """Tokenize (padding to the longest text in the batch) and return the logits."""
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return model(**encoded).logits
+@dataclass(frozen=True)
+class SpeedSettings:
+    """How CPU speed is measured (see ``measure_speeds``)."""
+
+    threads: int
+    latency_repeats: int      # single texts timed per round
+    throughput_batch: int
+    throughput_texts: int     # texts per throughput pass
+    warmup: int               # untimed passes per model at batch 1 and at throughput_batch before the first round
+    rounds: int               # interleaved rounds: every model once per round, order rotated
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> SpeedSettings:
+        return cls(**{name: section[name] for name in cls.__dataclass_fields__})
 
 
-def measure_speed(model_dir: Path, texts: list[str], threads: int, max_length: int, latency_repeats: int,
-                  throughput_batch: int, warmup: int) -> dict[str, Any]:
-    """CPU inference speed, tokenisation included: batch-1 latency and throughput at `throughput_batch`.
+def _speed_round(classify: Callable[[list[str]], Any], single_texts: list[str],
+                 batches: list[list[str]]) -> tuple[list[float], float]:
+    """One model's latencies (ms, one text each) and its throughput pass (texts/s)."""
+    latencies = []
+    for text in single_texts:
+        started = time.perf_counter()
+        classify([text])
+        latencies.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    for batch in batches:
+        classify(batch)
+    return latencies, sum(len(batch) for batch in batches) / (time.perf_counter() - started)
 
-    Latency: `latency_repeats` single texts evenly spaced over `texts`, each timed alone (median and p90 in ms).
-    Throughput: every text in `texts`, sorted by length into batches, dynamically padded; the caller sets the cost
-    through the number of texts. `warmup` untimed single-text passes run first.
+
+def measure_speeds(classifiers: dict[str, Callable[[list[str]], Any]], texts: list[str],
+                   settings: SpeedSettings) -> dict[str, dict[str, Any]]:
+    """CPU inference speed of several models on the same texts, tokenisation included, measured interleaved.
+
+    Each classifier maps a list of texts to its outputs. All are warmed up (``warmup`` passes at batch 1 and at
+    ``throughput_batch``), then each round times every model in turn (the order rotated by one per round, so drift
+    and cache effects spread evenly): ``latency_repeats`` single texts evenly spaced over ``texts``, then a
+    throughput pass over the first ``throughput_texts`` texts sorted by length into batches (dynamic padding).
+    Reported: latency median, p25, p75 and p90 over all timed single texts; throughput median, min and max over
+    rounds, and the per-round values so callers can form paired ratios.
     """
     if not texts:
-        raise ValueError("measure_speed needs at least one text")
-    tokenizer, model = load_classifier(Path(model_dir))
-    with torch_threads(threads), torch.inference_mode():
-        for text in _evenly_spaced(texts, warmup):
-            _classify(tokenizer, model, [text], max_length)
-        latencies_ms = []
-        for text in _evenly_spaced(texts, latency_repeats):
-            started = time.perf_counter()
-            _classify(tokenizer, model, [text], max_length)
-            latencies_ms.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        for batch in _length_sorted_batches(texts, throughput_batch):
-            _classify(tokenizer, model, batch, max_length)
-        elapsed = time.perf_counter() - started
+        raise ValueError("measuring speed needs at least one text")
+    sample = texts[:settings.throughput_texts]
+    batches = _length_sorted_batches(sample, settings.throughput_batch)
+    single_texts = _evenly_spaced(texts, settings.latency_repeats)
+    names = list(classifiers)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    throughputs: dict[str, list[float]] = {name: [] for name in names}
+    with torch_threads(settings.threads), torch.inference_mode():
+        for name in names:
+            for text in _evenly_spaced(texts, settings.warmup):
+                classifiers[name]([text])
+            for _ in range(settings.warmup):
+                classifiers[name](batches[-1])
+        for round_index in range(settings.rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                round_latencies, throughput = _speed_round(classifiers[name], single_texts, batches)
+                latencies[name] += round_latencies
+                throughputs[name].append(throughput)
         threads_used = torch.get_num_threads()
-    return {
-        "latency_ms_median": statistics.median(latencies_ms),
-        "latency_ms_p90": float(np.percentile(latencies_ms, 90)),
-        "throughput_texts_per_s": len(texts) / elapsed,
-        "throughput_batch": throughput_batch,
-        "throughput_texts": len(texts),
-        "latency_repeats": latency_repeats,
+    return {name: {
+        "latency_ms_median": statistics.median(latencies[name]),
+        "latency_ms_p25": float(np.percentile(latencies[name], 25)),
+        "latency_ms_p75": float(np.percentile(latencies[name], 75)),
+        "latency_ms_p90": float(np.percentile(latencies[name], 90)),
+        "throughput_texts_per_s": statistics.median(throughputs[name]),
+        "throughput_texts_per_s_min": min(throughputs[name]),
+        "throughput_texts_per_s_max": max(throughputs[name]),
+        "throughput_rounds": throughputs[name],
+        "throughput_batch": settings.throughput_batch,
+        "throughput_texts": len(sample),
+        "latency_repeats": settings.latency_repeats,
+        "rounds": settings.rounds,
         "threads": threads_used,
-        "max_length": max_length,
         "tokenization_included": True,
-    }
+    } for name in names}
 
 
-def probabilities_from_model(model_dir: Path, texts: list[str], max_length: int, batch_size: int,
-                             threads: int) -> np.ndarray:
-    """Softmax class probabilities [N, K] of a Hugging Face folder's classifier, in the order of `texts`."""
-    tokenizer, model = load_classifier(Path(model_dir))
-    with torch_threads(threads):
-        return classifier_probabilities(tokenizer, model, texts, max_length, batch_size)
-
-
-def classifier_probabilities(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, texts: list[str],
-                             max_length: int, batch_size: int) -> np.ndarray:
-    """Softmax class probabilities [N, K] in the order of `texts` (batched by token length, dynamic padding)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt")
-            probabilities[rows] = torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
-    return probabilities
-
-
-# ---------------------------------------------------------------------------------------------------- plots
+def paired_speedup(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, float]:
+    """Throughput ratio fast/slow per interleaved round: median, min and max; batch-1 latency ratio slow/fast."""
+    ratios = [a / b for a, b in zip(fast["throughput_rounds"], slow["throughput_rounds"], strict=True)]
+    return {"throughput_ratio": statistics.median(ratios), "throughput_ratio_min": min(ratios),
+            "throughput_ratio_max": max(ratios),
+            "latency_ratio": slow["latency_ms_median"] / fast["latency_ms_median"]}
 
 
 def plot_grouped_bars(table: dict[str, dict[str, float]], ci: dict[str, dict[str, tuple[float, float]]],

@@ -269,7 +269,7 @@ def _count_parameters(model: PreTrainedModel) -> tuple[int, int]:
     return total, total - embeddings
 
 
-def _save_student(model: PreTrainedModel, tokenizer_json: dict[str, Any], kept: Sequence[int],
+def save_student(model: PreTrainedModel, tokenizer_json: dict[str, Any], kept: Sequence[int],
                   output_dir: Path, layers: Sequence[int]) -> StudentInfo:
     """Write model, tokenizer files and the kept teacher ids (student id i = teacher id kept[i])."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -306,16 +306,16 @@ def _trimmed_vocabulary(teacher_dir: Path, texts: Iterable[str],
     return trim_tokenizer(teacher_tokenizer, kept), kept
 
 
-def build_student_from_teacher(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
-                               output_dir: str | Path,
-                               vocabulary: VocabularySettings = VocabularySettings()) -> StudentInfo:
-    """A student made of teacher parts: the language's vocabulary rows and the chosen encoder layers.
+def teacher_layer_student(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
+                          vocabulary: VocabularySettings = VocabularySettings()
+                          ) -> tuple[PreTrainedModel, dict[str, Any], list[int]]:
+    """In memory: the student made of teacher parts, its trimmed tokenizer.json and the kept teacher ids.
 
     ``layers`` are 0-based teacher layers in increasing order; they become student layers 0..len-1.
     Position/type embeddings, LayerNorms, pooler and classifier are copied; labels keep their ids.
     The vocabulary comes from ``texts`` (see ``language_vocabulary``).
     """
-    teacher_dir, output_dir = Path(teacher_dir), Path(output_dir)
+    teacher_dir = Path(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     num_teacher_layers = teacher.config.num_hidden_layers
     if not layers or list(layers) != sorted(set(layers)) or not 0 <= layers[0] <= layers[-1] < num_teacher_layers:
@@ -324,7 +324,15 @@ def build_student_from_teacher(teacher_dir: str | Path, texts: Iterable[str], la
     config = _student_config(teacher.config, kept, num_hidden_layers=len(layers))
     student = AutoModelForSequenceClassification.from_config(config)
     student.load_state_dict(_student_state_dict(teacher.state_dict(), kept, layers), strict=True)
-    return _save_student(student, tokenizer_json, kept, output_dir, layers)
+    return student, tokenizer_json, kept
+
+
+def build_student_from_teacher(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
+                               output_dir: str | Path,
+                               vocabulary: VocabularySettings = VocabularySettings()) -> StudentInfo:
+    """``teacher_layer_student`` written to output_dir."""
+    student, tokenizer_json, kept = teacher_layer_student(teacher_dir, texts, layers, vocabulary)
+    return save_student(student, tokenizer_json, kept, Path(output_dir), layers)
 
 
 def build_scratch_student(teacher_dir: str | Path, texts: Iterable[str], hidden_size: int, num_layers: int,
@@ -342,4 +350,4 @@ def build_scratch_student(teacher_dir: str | Path, texts: Iterable[str], hidden_
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = AutoModelForSequenceClassification.from_config(config)
-    return _save_student(student, tokenizer_json, kept, output_dir, layers=())
+    return save_student(student, tokenizer_json, kept, output_dir, layers=())

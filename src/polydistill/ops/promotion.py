@@ -75,17 +75,18 @@ class VersionScorer:
         """The version's probabilities on the rows (its student loaded from the registry as it is served)."""
         import mlflow
 
-        from polydistill.model.metrics import classifier_probabilities
+        from polydistill.model.runtime import TextClassifier, for_runtime
 
         if version not in self.scored:
             with quiet_model_logging():
                 components = mlflow.transformers.load_model(f"models:/{self.name}/{version}",
                                                             return_type="components")
-            model = components["model"].eval()
-            names = [model.config.id2label[index] for index in range(model.config.num_labels)]
+            classifier = TextClassifier(components["tokenizer"],
+                                        for_runtime(components["model"], self.serving["runtime"]),
+                                        int(self.serving["max_length"]))
+            names = classifier.label_names
             self.label_names = self.label_names or names
-            probabilities = classifier_probabilities(components["tokenizer"], model, self.rows.texts,
-                                                     int(self.serving["max_length"]), int(self.serving["batch_size"]))
+            probabilities = classifier.probabilities(self.rows.texts, int(self.serving["batch_size"]))
             columns = [names.index(label) for label in self.label_names]
             self.scored[version] = ScoredVersion(version, probabilities[:, columns])
             self.client.set_model_version_tag(self.name, version, self.score_tag,

@@ -2,9 +2,11 @@
 
 The router is logged by polydistill.ops.serving.register_router as an MLflow "model from code": this file travels
 with the model (no pickle, no polydistill install needed to serve it), with each champion student as an artifact
-and a model_config of {languages, student_versions, max_length, batch_size, max_rows, max_text_chars,
-foreign_confidence}. A text goes to the student named by its `lang` column when given, otherwise to the language
-that lingua detects among the configured ones (lingua: a maintained, offline, n-gram based detector). A second,
+and a model_config of {languages, student_versions, runtime, max_length, batch_size, max_rows, max_text_chars,
+foreign_confidence}. polydistill/model/runtime.py travels beside it (MLflow code_paths), so each student runs in the
+same runtime (e.g. int8) as in the evaluate stage and the gate. A text goes to the student named by its `lang`
+column when given, otherwise to the language that lingua detects among the configured ones (lingua: a maintained,
+offline, n-gram based detector); with `lang` given, no detection runs. A second,
 low-accuracy lingua detector over all its 75 languages catches text in a language we do not serve: when it gives a
 language outside the configured ones a confidence of at least `foreign_confidence`, the row is answered
 "unsupported language" instead of being forced into the nearest configured one. Each output row has a `status`:
@@ -114,6 +116,7 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
     """Routes each text to its language's student; returns lang, label, score and student_version per text."""
 
     def load_context(self, context: Any) -> None:
+        from runtime import TextClassifier, for_runtime  # model/runtime.py, shipped as the model's code_paths
         from transformers.utils import logging as transformers_logging
 
         config = context.model_config
@@ -125,10 +128,11 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
         self.max_text_chars = int(config["max_text_chars"])
         self.foreign_confidence = float(config["foreign_confidence"])
         transformers_logging.disable_progress_bar()  # a served model's logs get no weight-loading bars
-        self.students = {lang: mlflow.transformers.load_model(context.artifacts[lang], return_type="components")
-                         for lang in self.versions}
-        for student in self.students.values():
-            student["model"].eval()
+        components = {lang: mlflow.transformers.load_model(context.artifacts[lang], return_type="components")
+                      for lang in self.versions}
+        self.students = {lang: TextClassifier(parts["tokenizer"], for_runtime(parts["model"], config["runtime"]),
+                                              self.max_length)
+                         for lang, parts in components.items()}
         self.detector = language_detector(self.languages)
         self.foreign = foreign_detector()
 
@@ -158,18 +162,12 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
 
     def classify(self, lang: str, texts: list[str]) -> tuple[list[str], list[float]]:
         """One language's texts through its student, in batches: top label and its probability."""
-        import torch
-
-        model, tokenizer = self.students[lang]["model"], self.students[lang]["tokenizer"]
+        student = self.students[lang]
         labels, scores = [], []
         for start in range(0, len(texts), self.batch_size):
-            batch = tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt")
-            with torch.inference_mode():
-                probabilities = torch.softmax(model(**batch).logits, dim=-1)
-            best = probabilities.max(dim=-1)
-            labels += [model.config.id2label[int(index)] for index in best.indices]
-            scores += best.values.tolist()
+            probabilities = student(texts[start:start + self.batch_size])
+            labels += [student.label_names[int(index)] for index in probabilities.argmax(axis=1)]
+            scores += probabilities.max(axis=1).tolist()
         return labels, scores
 
 

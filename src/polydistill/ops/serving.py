@@ -61,6 +61,7 @@ def log_router_version(client: Any, settings: Mapping[str, Any], languages: list
     import mlflow
     import pandas as pd
 
+    from polydistill.model import runtime
     from polydistill.ops import router
 
     name = router_model_name(settings["prefix"])
@@ -74,6 +75,7 @@ def log_router_version(client: Any, settings: Mapping[str, Any], languages: list
                               tags={"stage": "router"}), quiet_model_logging():
             info = mlflow.pyfunc.log_model(
                 name="router", python_model=router.__file__, artifacts=artifacts, model_config=config,
+                code_paths=[runtime.__file__],
                 signature=router_signature(), input_example=example,
                 pip_requirements=pinned_requirements(ROUTER_REQUIREMENTS))
         tags = {f"student.{lang}": student_version for lang, student_version in versions.items()}
