@@ -8,7 +8,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from polydistill.data.balance import allocate, sample_balanced, share_report, temperature_shares
+from polydistill.data.balance import (
+    LossWeightSettings,
+    allocate,
+    derived_weights,
+    row_weights,
+    sample_balanced,
+    share_report,
+    temperature_shares,
+)
 
 language_counts = st.dictionaries(
     keys=st.sampled_from(["en", "es", "id", "sl", "zh", "ja", "ar"]),
@@ -95,3 +103,49 @@ def test_class_balance_equalises_labels_within_a_language() -> None:
 def test_shares_follow_the_temperature_formula() -> None:
     shares = temperature_shares({"a": 100, "b": 1}, alpha=0.5)
     assert shares["a"] / shares["b"] == pytest.approx(np.sqrt(100))
+
+
+def test_derived_weights_follow_their_formulas() -> None:
+    counts = {"en": 400, "es": 25}
+    assert derived_weights(counts, "inverse", 0.9) == {"en": 1 / 400, "es": 1 / 25}
+    assert derived_weights(counts, "inverse_sqrt", 0.9) == pytest.approx({"en": 1 / 20, "es": 1 / 5})
+    assert derived_weights(counts, "effective_number", 0.99) == pytest.approx(
+        {"en": 0.01 / (1 - 0.99 ** 400), "es": 0.01 / (1 - 0.99 ** 25)})
+    assert derived_weights(counts, "none", 0.9) == {"en": 1.0, "es": 1.0}
+    assert derived_weights(counts, {"en": 1.0, "es": 3.0}, 0.9) == {"en": 1.0, "es": 3.0}
+    with pytest.raises(ValueError, match="lack"):
+        derived_weights(counts, {"en": 1.0}, 0.9)
+    with pytest.raises(ValueError, match="unknown loss weighting"):
+        derived_weights(counts, "square", 0.9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(counts=language_counts, alpha=st.floats(min_value=0.0, max_value=1.0),
+       scheme=st.sampled_from(["inverse", "inverse_sqrt", "effective_number"]),
+       classes=st.sampled_from(["none", "inverse"]))
+def test_row_weights_have_mean_one_and_the_ratio_of_their_formula(counts: dict[str, int], alpha: float,
+                                                                 scheme: str, classes: str) -> None:
+    frame = corpus(counts)
+    sample = sample_balanced(frame, len(frame) // 2 + len(counts), alpha, 3, class_balance=False, seed=0)
+    settings_ = LossWeightSettings(languages=scheme, classes=classes, beta=0.999)
+    weights = row_weights(sample, frame, settings_)
+    assert weights.mean() == pytest.approx(1.0)
+    language = derived_weights(frame.groupby("lang").size().to_dict(), scheme, 0.999)
+    first, last = sample.iloc[0], sample.iloc[-1]
+    class_counts = frame.groupby(["lang", "label"]).size()
+    class_factor = (lambda row: 1 / class_counts[(row["lang"], row["label"])]) if classes == "inverse" else (
+        lambda row: 1.0)
+    expected = (language[first["lang"]] * class_factor(first)) / (language[last["lang"]] * class_factor(last))
+    assert weights[0] / weights[-1] == pytest.approx(expected)
+
+
+def test_the_report_states_each_languages_share_of_the_loss() -> None:
+    frame = corpus({"en": 900, "sl": 100})
+    sample = sample_balanced(frame, 500, alpha=1.0, max_repeats=1, class_balance=False, seed=0)
+    sample["weight"] = row_weights(sample, frame, LossWeightSettings(languages="inverse"))
+    report = share_report(frame, sample, alpha=1.0)
+    assert report["sl"]["share_after"] == pytest.approx(0.1, abs=0.01)
+    assert report["sl"]["loss_share"] == pytest.approx(0.5, abs=0.01)  # 1/n weights: every language counts the same
+    assert report["sl"]["mean_loss_weight"] == pytest.approx(5.0, rel=0.1)
+    unweighted = share_report(frame, sample.drop(columns="weight"), alpha=1.0)
+    assert unweighted["sl"]["loss_share"] == unweighted["sl"]["share_after"]

@@ -15,7 +15,7 @@ from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from polydistill.data.transfer import TransferSettings, compose_transfer
-from polydistill.model.distill import distill_language, distillation_loss_for, encode_frame
+from polydistill.model.distill import distill_language, distillation_loss_for, encode_frame, language_settings
 from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels
 from polydistill.model.student import build_student_from_teacher
 from polydistill.model.tfidf import fit_baselines
@@ -67,6 +67,7 @@ def distill_settings(**overrides) -> dict:
     settings = copy.deepcopy(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["distill"])
     settings.update(threads=1, **overrides)
     settings["student"]["layers"] = [0, 3]
+    settings["student"]["narrow"].update(hidden_size=16, num_heads=2, intermediate_size=32, sample_texts=64)
     settings["train"].update(QUICK)
     settings["independent_teacher"].update(QUICK, threads=1)
     return settings
@@ -140,3 +141,20 @@ def test_a_new_temperature_retrains_only_the_kd_student(workspace: dict[str, Pat
     assert len(list(runs.glob("student-zh-ce-*"))) == 1
     assert second["ce"] == first["ce"]  # the finished CE run was found, history and timings included
     assert (tmp_path / "students/zh/ce/model.safetensors").exists()
+
+
+def test_a_per_language_temperature_is_the_run_of_that_temperature_set_for_all(workspace: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    """distill.per_language.zh.temperature = 4 trains zh's KD student as a global temperature of 4 would (same run
+    key), leaves the CE-only student alone, and is reported; a key other than alpha or temperature is refused."""
+    run(workspace, tmp_path, "zh", distill_settings(mode="shared", temperature=2.0))
+    adapted = run(workspace, tmp_path, "zh", distill_settings(mode="shared", temperature=2.0,
+                                                              per_language={"zh": {"temperature": 4.0}}))
+    assert adapted["kd_settings"] == {"alpha": 0.7, "temperature": 4.0}
+    runs = tmp_path / "runs"
+    assert len(list(runs.glob("student-zh-kd-*"))) == 2 and len(list(runs.glob("student-zh-ce-*"))) == 1
+    globally = run(workspace, tmp_path, "zh", distill_settings(mode="shared", temperature=4.0))
+    assert len(list(runs.glob("student-zh-kd-*"))) == 2 and globally["kd"] == adapted["kd"]
+    assert language_settings(distill_settings(per_language={"zh": {"alpha": 0.2}}), "en")["alpha"] == 0.7
+    with pytest.raises(ValueError, match="only"):
+        language_settings(distill_settings(per_language={"zh": {"epochs": 2}}), "zh")

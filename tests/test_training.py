@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
 from transformers import BertConfig, BertForSequenceClassification
 
 from polydistill.model.training import (
@@ -14,6 +17,7 @@ from polydistill.model.training import (
     TrainSettings,
     bucketed_batches,
     collate,
+    cross_entropy_loss,
     per_language_macro_f1,
     predict_logits,
     rows_per_language,
@@ -125,3 +129,35 @@ def test_rows_per_language_limits_each_language_deterministically() -> None:
     assert {lang: int((limited.langs == lang).sum()) for lang in ("en", "zh")} == {"en": 20, "zh": 20}
     assert limited.input_ids == rows_per_language(data, 20, seed=1).input_ids
     assert rows_per_language(data, 0, seed=1) is data
+
+
+def gradients(model: BertForSequenceClassification, data: EncodedSet, rows: list[int]) -> list[torch.Tensor]:
+    """Gradients of the training loss of one batch made of `rows` (dropout off, so the step is deterministic)."""
+    model.eval()
+    model.zero_grad()
+    cross_entropy_loss(model, collate(data, np.array(rows), PAD))["total"].backward()
+    return [parameter.grad.clone() for parameter in model.parameters() if parameter.grad is not None]
+
+
+@settings_hypothesis(max_examples=15, deadline=None)
+@given(weight=st.integers(min_value=1, max_value=4), row=st.integers(min_value=0, max_value=5))
+def test_a_row_of_weight_k_counts_as_k_copies_of_the_row(weight: int, row: int) -> None:
+    """Same one-step gradient: batch rows 0..5 with weight k on one row vs the batch with that row repeated k times."""
+    model, data = tiny_model(3), toy_set(6, 2)
+    weighted = EncodedSet(data.input_ids, data.labels, data.langs, weights=np.where(np.arange(6) == row, weight, 1.0))
+    repeated = list(range(6)) + [row] * (weight - 1)
+    for got, expected in zip(gradients(model, weighted, list(range(6))), gradients(model, data, repeated),
+                             strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_all_ones_weights_give_the_unweighted_loss() -> None:
+    model, data = tiny_model(4), toy_set(8, 3)
+    ones = EncodedSet(data.input_ids, data.labels, data.langs, weights=np.ones(8))
+    model.eval()
+    rows = np.arange(8)
+    plain = cross_entropy_loss(model, collate(data, rows, PAD))["total"]
+    weighted = cross_entropy_loss(model, collate(ones, rows, PAD))["total"]
+    torch.testing.assert_close(weighted, plain)
+    assert collate(ones, rows[:3], PAD).weights.tolist() == [1.0, 1.0, 1.0]
+    assert ones.subset(np.array([2, 0])).weights.tolist() == [1.0, 1.0]

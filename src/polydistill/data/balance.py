@@ -1,17 +1,67 @@
-"""Language-balanced temperature sampling: q_i ∝ n_i^alpha, with a cap on repeats.
+"""Language balance for the teacher's fine-tuning set: temperature sampling, and loss weights on top of it.
 
-alpha = 1 keeps natural shares, alpha = 0 gives every language the same share. No example is drawn more than
-max_repeats times, so a small language cannot be blown up beyond what its data supports; the share a capped
-language cannot take goes to the others in proportion to their targets.
+Sampling: q_i ∝ n_i^alpha, with a cap on repeats. alpha = 1 keeps natural shares, alpha = 0 gives every language
+the same share. No example is drawn more than max_repeats times, so a small language cannot be blown up beyond what
+its data supports; the share a capped language cannot take goes to the others in proportion to their targets.
+
+Loss weights (``balance.loss_weights``): a weight per row of the sampled set, the product of a language weight and a
+class weight, each given explicitly or derived from the natural counts before sampling (``inverse``: 1/n,
+``inverse_sqrt``: 1/√n, ``effective_number``: (1 − β)/(1 − βⁿ), Cui et al. 2019; class counts are counted within
+each language). Weights are normalised so their mean over the sampled rows is 1, and stored in a ``weight`` column
+that the teacher's loss reads (a weighted mean, see polydistill.model.training). Each language's share of the loss is
+then its sampling share × its mean weight; the report states both.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+WEIGHTINGS = ("none", "inverse", "inverse_sqrt", "effective_number")
+
+
+@dataclass(frozen=True)
+class LossWeightSettings:
+    """A weighting scheme (one of WEIGHTINGS) or explicit weights, per language and per class; β for
+    effective_number."""
+
+    languages: str | dict[str, float] = "none"
+    classes: str | dict[str, float] = "none"
+    beta: float = 0.999
+
+    @property
+    def active(self) -> bool:
+        return self.languages != "none" or self.classes != "none"
+
+
+def derived_weights(counts: dict[str, int], scheme: str | dict[str, float], beta: float) -> dict[str, float]:
+    """An unnormalised weight per group: from its natural count by `scheme`, or the explicit mapping given."""
+    if isinstance(scheme, dict):
+        missing = sorted(set(counts) - set(scheme))
+        if missing:
+            raise ValueError(f"explicit loss weights lack {missing}")
+        return {key: float(scheme[key]) for key in counts}
+    formulas = {"none": lambda n: 1.0, "inverse": lambda n: 1.0 / n, "inverse_sqrt": lambda n: n ** -0.5,
+                "effective_number": lambda n: (1.0 - beta) / (1.0 - beta ** n)}
+    if scheme not in formulas:
+        raise ValueError(f"unknown loss weighting '{scheme}': use one of {', '.join(WEIGHTINGS)} or a mapping")
+    if scheme == "effective_number" and not 0.0 < beta < 1.0:
+        raise ValueError(f"effective_number needs 0 < beta < 1, got {beta}")
+    return {key: formulas[scheme](n) for key, n in counts.items()}
+
+
+def row_weights(sample: pd.DataFrame, population: pd.DataFrame, settings: LossWeightSettings) -> np.ndarray:
+    """Per sampled row: language weight × class weight (from the population's natural counts), mean 1 over rows."""
+    language = derived_weights(population.groupby("lang").size().to_dict(), settings.languages, settings.beta)
+    classes = {lang: derived_weights(rows.groupby("label").size().to_dict(), settings.classes, settings.beta)
+               for lang, rows in population.groupby("lang")}
+    weights = np.array([language[lang] * classes[lang][label]
+                        for lang, label in zip(sample["lang"], sample["label"], strict=True)])
+    return weights / weights.mean()
 
 
 def temperature_shares(counts: dict[str, int], alpha: float) -> dict[str, float]:
@@ -87,11 +137,14 @@ def sample_balanced(
 
 
 def share_report(population: pd.DataFrame, sample: pd.DataFrame, alpha: float) -> dict[str, dict]:
-    """Per language: rows available, natural share, target share q, rows sampled, share after, max repeats."""
+    """Per language: rows available, natural share, target share q, rows sampled, share after, max repeats, mean
+    loss weight and share of the loss (share after × mean weight; all weights 1 without a weight column)."""
     available = population.groupby("lang").size()
     sampled = sample.groupby("lang").size().reindex(available.index, fill_value=0)
     target = temperature_shares(available.to_dict(), alpha)
     repeats = sample.groupby(["lang", "id"]).size().groupby("lang").max().reindex(available.index, fill_value=0)
+    weights = sample["weight"] if "weight" in sample else pd.Series(1.0, index=sample.index)
+    weight_sums = weights.groupby(sample["lang"]).sum().reindex(available.index, fill_value=0.0)
     return {
         lang: {
             "available": int(available[lang]),
@@ -100,6 +153,8 @@ def share_report(population: pd.DataFrame, sample: pd.DataFrame, alpha: float) -
             "sampled": int(sampled[lang]),
             "share_after": round(float(sampled[lang] / max(sampled.sum(), 1)), 4),
             "max_repeats_seen": int(repeats[lang]),
+            "mean_loss_weight": round(float(weight_sums[lang] / max(sampled[lang], 1)), 4),
+            "loss_share": round(float(weight_sums[lang] / weight_sums.sum()), 4),
         }
         for lang in available.index
     }
@@ -114,9 +169,12 @@ def balance_sets(train_path: Path, output_dir: Path, report_path: Path, plot_dir
     sizes = {"teacher": settings["teacher_size"]}
     output_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict] = {}
+    loss_weights = LossWeightSettings(**settings["loss_weights"])
     for offset, (name, size) in enumerate(sizes.items()):
         sample = sample_balanced(train, size, settings["alpha"], settings["max_repeats"],
                                  settings["class_balance"], settings["seed"] + offset)
+        if loss_weights.active:
+            sample["weight"] = row_weights(sample, train, loss_weights)
         sample.to_parquet(output_dir / f"{name}.parquet", index=False)
         report[name] = {"rows": len(sample), "languages": share_report(train, sample, settings["alpha"])}
     report_path.parent.mkdir(parents=True, exist_ok=True)

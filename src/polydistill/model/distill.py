@@ -23,6 +23,7 @@ from polydistill.model.losses import (
     hidden_state_loss,
     kept_layer_map,
 )
+from polydistill.model.narrow import NarrowSettings, build_narrow_student
 from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels, load_soft_labels, teacher_fingerprint
 from polydistill.model.student import (
     TEACHER_TOKEN_IDS_FILE,
@@ -37,20 +38,24 @@ from polydistill.model.training import Batch, EncodedSet, TrainSettings, train_c
 
 VARIANTS = ("kd", "ce")
 KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read
+PER_LANGUAGE_SETTINGS = ("alpha", "temperature")  # what distill.per_language may set for one language
 
 
 def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],
-                  seed: int) -> StudentInfo:
+                  seed: int, max_length: int) -> StudentInfo:
     """The initial student for one language, as params.yaml's distill.student describes."""
     vocabulary = VocabularySettings(**student["vocabulary"])
     if student["kind"] == "from_teacher":
         return build_student_from_teacher(teacher_dir, texts, student["layers"], output_dir, vocabulary)
+    if student["kind"] == "narrow":
+        narrow = NarrowSettings(**student["narrow"], max_length=max_length)
+        return build_narrow_student(teacher_dir, texts, student["layers"], narrow, output_dir, vocabulary)
     if student["kind"] == "scratch":
         scratch = student["scratch"]
         return build_scratch_student(teacher_dir, texts, scratch["hidden_size"], scratch["num_layers"],
                                      scratch["num_heads"], scratch["intermediate_size"], output_dir, seed,
                                      vocabulary)
-    raise ValueError(f"unknown distill.student.kind '{student['kind']}': use from_teacher or scratch")
+    raise ValueError(f"unknown distill.student.kind '{student['kind']}': use from_teacher, narrow or scratch")
 
 
 class KnowledgeDistillationLoss:
@@ -148,6 +153,19 @@ def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frame
     return lang_teacher_dir, soft_dir, metrics
 
 
+def language_settings(settings: dict[str, Any], lang: str) -> dict[str, Any]:
+    """The distill settings one language trains with: its `per_language` alpha / temperature over the shared ones.
+
+    `per_language` itself is dropped, so a language's run key changes only when its own values change.
+    """
+    overrides = (settings.get("per_language") or {}).get(lang, {})
+    unknown = sorted(set(overrides) - set(PER_LANGUAGE_SETTINGS))
+    if unknown:
+        raise ValueError(f"distill.per_language.{lang} sets {unknown}; only {list(PER_LANGUAGE_SETTINGS)} vary "
+                         "per language")
+    return {**{name: value for name, value in settings.items() if name != "per_language"}, **overrides}
+
+
 def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any],
                      soft_label_settings: SoftLabelSettings, labels: list[str]) -> dict[str, Any]:
     """Build, distil and CE-train the students of one language; write them and their metrics.
@@ -158,13 +176,16 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     text except validation and test. paths: teacher, tfidf, soft_labels, transfer, pool, labelled_transfer,
     teacher_set, train, validation, test, output, metrics, work.
     """
+    settings = language_settings(settings, lang)
     torch.set_num_threads(settings["threads"])
     names = ("transfer", "labelled_transfer", "pool", "train", "validation", "test")
     read = {name: pd.read_parquet(paths[name]) for name in names}
     frames = {name: frame[frame["lang"] == lang].reset_index(drop=True) for name, frame in read.items()}
     output = paths["output"]
     output.mkdir(parents=True, exist_ok=True)
-    teacher_dir, soft_dir, report = paths["teacher"], paths["soft_labels"], {"mode": settings["mode"]}
+    teacher_dir, soft_dir = paths["teacher"], paths["soft_labels"]
+    report: dict[str, Any] = {"mode": settings["mode"], "kd_settings": {name: settings[name]
+                                                                        for name in PER_LANGUAGE_SETTINGS}}
     if settings["mode"] == "independent":
         teacher_dir, soft_dir, report["language_teacher"] = language_teacher(
             lang, paths["teacher"], paths["tfidf"], frames, pd.read_parquet(paths["teacher_set"]), output,
@@ -180,7 +201,7 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
 
     vocabulary_texts = pd.concat([frames["train"]["text"], frames["pool"]["text"], frames["transfer"]["text"]])
     info = build_student(teacher_dir, vocabulary_texts.drop_duplicates().tolist(), output / "initial",
-                         settings["student"], settings["train"]["seed"])
+                         settings["student"], settings["train"]["seed"], settings["train"]["max_length"])
     report["student"] = {"kind": settings["student"]["kind"], "vocab_size": info.vocab_size,
                          "total_params": info.total_params, "non_embedding_params": info.non_embedding_params,
                          "layers": list(info.layers), "hidden_size": info.hidden_size}
@@ -208,9 +229,13 @@ def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_
     """The checkpoint key of one student run: what its result depends on, nothing more.
 
     The CE-only student ignores the soft labels and the KD settings, so changing the temperature, alpha or the
-    hidden-state weight finds its finished run and does not train it again.
+    hidden-state weight finds its finished run and does not train it again. The narrow student's settings count
+    only for a narrow student (the initial weights' hash covers the architecture anyway).
     """
     inputs = [initial_dir / "model.safetensors", transfer]
+    if settings["student"]["kind"] != "narrow":
+        student = {name: value for name, value in settings["student"].items() if name != "narrow"}
+        settings = {**settings, "student": student}
     if variant == "ce":
         settings = {name: value for name, value in settings.items() if name not in KD_ONLY_SETTINGS}
     else:

@@ -45,10 +45,12 @@ def materialise_pretrained(model_ref: str, output_dir: Path, cache_dir: Path, la
 
 
 def encode_frame(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_length: int) -> EncodedSet:
-    """Tokenise a split frame (text, label, lang) into an EncodedSet with label ids in configured order."""
+    """Tokenise a split frame (text, label, lang, optional loss weight) into an EncodedSet with label ids in
+    configured order."""
     _, label2id = label_maps(labels)
+    weights = frame["weight"].to_numpy(dtype=np.float32) if "weight" in frame else None
     return EncodedSet(encode_texts(tokenizer, frame["text"].tolist(), max_length),
-                      frame["label"].map(label2id).to_numpy(), frame["lang"].to_numpy())
+                      frame["label"].map(label2id).to_numpy(), frame["lang"].to_numpy(), weights=weights)
 
 
 def run_key(settings: dict[str, Any], *paths: Path) -> str:

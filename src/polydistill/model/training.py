@@ -57,12 +57,14 @@ class TrainSettings:
 
 @dataclass
 class EncodedSet:
-    """Token ids (unpadded, special tokens included), label ids, languages and optional teacher logits."""
+    """Token ids (unpadded, special tokens included), label ids, languages, optional teacher logits and optional
+    per-row loss weights."""
 
     input_ids: list[list[int]]
     labels: np.ndarray
     langs: np.ndarray
     teacher_logits: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -75,7 +77,9 @@ class EncodedSet:
     def subset(self, indices: np.ndarray) -> EncodedSet:
         """The rows at indices, in that order."""
         logits = None if self.teacher_logits is None else self.teacher_logits[indices]
-        return EncodedSet([self.input_ids[i] for i in indices], self.labels[indices], self.langs[indices], logits)
+        weights = None if self.weights is None else self.weights[indices]
+        return EncodedSet([self.input_ids[i] for i in indices], self.labels[indices], self.langs[indices], logits,
+                          weights)
 
 
 def rows_per_language(data: EncodedSet, limit: int, seed: int) -> EncodedSet:
@@ -89,12 +93,14 @@ def rows_per_language(data: EncodedSet, limit: int, seed: int) -> EncodedSet:
 
 @dataclass
 class Batch:
-    """A padded batch: input_ids and attention_mask [B, L], labels [B], teacher logits [B, K] or None."""
+    """A padded batch: input_ids and attention_mask [B, L], labels [B], teacher logits [B, K] or None, loss
+    weights [B] or None."""
 
     input_ids: Tensor
     attention_mask: Tensor
     labels: Tensor
     teacher_logits: Tensor | None
+    weights: Tensor | None = None
 
 
 @dataclass
@@ -136,7 +142,8 @@ def collate(data: EncodedSet, indices: np.ndarray, pad_id: int) -> Batch:
         input_ids[row_index, :len(row)] = torch.tensor(row, dtype=torch.long)
         attention_mask[row_index, :len(row)] = 1
     teacher = None if data.teacher_logits is None else torch.from_numpy(data.teacher_logits[indices]).float()
-    return Batch(input_ids, attention_mask, torch.from_numpy(data.labels[indices]).long(), teacher)
+    weights = None if data.weights is None else torch.from_numpy(data.weights[indices]).float()
+    return Batch(input_ids, attention_mask, torch.from_numpy(data.labels[indices]).long(), teacher, weights)
 
 
 def ordered_batches(data: EncodedSet, batch_size: int) -> Iterator[np.ndarray]:
@@ -168,9 +175,11 @@ def per_language_macro_f1(labels: np.ndarray, predictions: np.ndarray, langs: np
 
 
 def cross_entropy_loss(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
-    """Plain cross-entropy of the model's logits against the gold labels."""
+    """Cross-entropy of the model's logits against the gold labels: the batch mean, or with loss weights the
+    weighted mean Σ wᵢ·ℓᵢ / Σ wᵢ (PyTorch's convention: a row of weight k counts as k copies of the row)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    loss = torch.nn.functional.cross_entropy(logits, batch.labels)
+    per_row = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="none")
+    loss = per_row.mean() if batch.weights is None else (batch.weights * per_row).sum() / batch.weights.sum()
     return {"total": loss, "cross_entropy": loss}
 
 

@@ -35,6 +35,7 @@ def student_summary(evaluation: Mapping[str, Any]) -> dict[str, float]:
         "weights_mb": efficiency.get("weights_mb"),
         "total_params": efficiency.get("total_params"),
         "latency_ms_median": efficiency.get("latency_ms_median"),
+        "throughput_texts_per_s": efficiency.get("throughput_texts_per_s"),
     }
     return {key: float(value) for key, value in summary.items() if value is not None}
 
@@ -59,7 +60,9 @@ def log_language_run(root: Path, params: Mapping[str, Any], lang: str, parent_li
     metrics = numeric_metrics(evaluation)
     distill_path = root / f"metrics/distill/{lang}.json"
     if distill_path.exists():
-        metrics |= numeric_metrics(read_json(distill_path), "distill.")
+        distilled = read_json(distill_path)
+        metrics |= numeric_metrics(distilled, "distill.")
+        mlflow.log_params({f"distill.{name}": value for name, value in distilled.get("kd_settings", {}).items()})
     mlflow.log_metrics(metrics)
     mlflow.log_artifact(str(root / f"metrics/evaluate/{lang}.json"), "metrics")
     for pattern in (f"confusion_{lang}.*", "macro_f1.*"):
