@@ -16,8 +16,8 @@ from bench.report import ORDER, render_benchmarks, render_result
 
 MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quality", "sampling": "bench.sampling",
            "reruns": "bench.reruns", "ablations": "bench.ablations", "seeds": "bench.seeds",
-           "transfer_sources": "bench.transfer_sources"}
-PER_LANGUAGE = ("seeds", "transfer_sources")  # benchmarks that take --languages
+           "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive"}
+PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive")  # benchmarks that take --languages
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

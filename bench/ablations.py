@@ -1,148 +1,165 @@
-"""Benchmark 6: ablations on one small language with the stored soft labels (model.distill.distill_language):
-student from teacher layers + trimmed vocabulary vs a scratch student, with vs without the hidden-state term, and
-k = 2, 3, 4 teacher layers. Each a short distillation (KD and CE-only students); test macro-F1, params, throughput."""
+"""Benchmark 6: student shapes (the Pareto table): quality vs size vs speed per configuration and language.
+
+Every configuration is distilled in full (the default run's teacher, soft labels and transfer sets; KD and CE-only
+students) for every language: the part-1 student (4 teacher layers at the teacher's width), the narrow student
+initialised from the teacher (the default), the same shape randomly initialised, and a deeper narrow student.
+Quality: validation and test macro-F1 of the KD student, as trained (fp32) and in each runtime. The default
+configuration runs over several seeds; the others once. Speed: every student and the teacher on the same mixed test
+texts, interleaved (metrics.measure_speeds). The default is chosen on validation; test is reported only.
+"""
 
 from __future__ import annotations
 
 import copy
-import tempfile
+import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from bench.common import (
-    REPO_ROOT,
-    format_summary,
-    interleave,
-    load_project_params,
-    paired_ratios,
-    require,
-    summarize,
-)
+from bench.common import REPO_ROOT, load_project_params, require
 from bench.seeds import pipeline_paths
 from polydistill.model.distill import distill_language
-from polydistill.model.metrics import measure_speed, probabilities_from_model
-from polydistill.model.soft_labels import SoftLabelSettings, select_transfer_rows
+from polydistill.model.metrics import SpeedSettings, measure_speeds
+from polydistill.model.runtime import RUNTIMES, load_text_classifier, probabilities_from_model
+from polydistill.model.soft_labels import SoftLabelSettings
 
-LANGUAGE = "sl"
-HIDDEN_LOSS_WEIGHT = 1.0
-SIZES = {
-    "quick": {"transfer_rows": 160, "epochs": 1, "eval_every": 100, "speed_repeats": 2, "speed_texts": 64,
-              "latency_repeats": 5},
-    "full": {"transfer_rows": None, "epochs": 1, "eval_every": 30, "speed_repeats": 3, "speed_texts": 256,
-             "latency_repeats": 20},
-}
+SIZES = {"quick": {"languages": ["es"], "epochs": 1, "seeds": 1, "configurations": ["from_teacher", "narrow"],
+                   "rounds": 2, "speed_texts": 64},
+         "full": {"languages": None, "epochs": None, "seeds": 3, "configurations": None, "rounds": 5,
+                  "speed_texts": 256}}
+DEEP_LAYERS = [0, 2, 4, 7, 9, 11]
 
 
-def spread_layers(count: int, teacher_layers: int) -> list[int]:
-    """`count` teacher layers (0-based) evenly spread from the first to the last."""
-    if count == 1:
-        return [teacher_layers - 1]
-    return sorted({round(index * (teacher_layers - 1) / (count - 1)) for index in range(count)})
+def configurations(distill: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Name → the `distill.student` settings of each shape (params.yaml's is the default), and descriptions."""
+    def shape(kind: str, **changes: Any) -> dict[str, Any]:
+        student = copy.deepcopy(distill["student"])
+        student.update(kind=kind, **changes)
+        return student
+
+    narrow = distill["student"]["narrow"]
+    width = f"{narrow['hidden_size']}, FFN {narrow['intermediate_size']}"
+    return {
+        "from_teacher": shape("from_teacher"),
+        "narrow": shape("narrow"),
+        "scratch": shape("scratch", scratch={"hidden_size": narrow["hidden_size"], "num_layers": 4,
+                                             "num_heads": narrow["num_heads"],
+                                             "intermediate_size": narrow["intermediate_size"]}),
+        "narrow_deep": shape("narrow", layers=DEEP_LAYERS),
+    }, {"from_teacher": "4 teacher layers, width 384 (part 1)", "narrow": f"narrow 4 layers, width {width}",
+        "scratch": f"random init, 4 layers, width {width}", "narrow_deep": f"narrow 6 layers, width {width}"}
 
 
-def configurations(distill: dict[str, Any], teacher_layers: int) -> dict[str, dict[str, Any]]:
-    """Name → distill settings for each ablation (the params.yaml default student is the k=4 / reference one)."""
-    default_layers = list(distill["student"]["layers"])
-
-    def variant(kind: str = "from_teacher", layers: list[int] | None = None, hidden: float = 0.0) -> dict:
-        settings = copy.deepcopy(distill)
-        settings.update(mode="shared", hidden_loss_weight=hidden)
-        settings["student"].update(kind=kind, layers=layers or default_layers)
-        return settings
-
-    chosen = {f"from_teacher k={len(default_layers)} {default_layers} (default)": variant()}
-    chosen["scratch (params.yaml distill.student.scratch)"] = variant(kind="scratch")
-    chosen[f"from_teacher + hidden-state term (weight {HIDDEN_LOSS_WEIGHT})"] = variant(hidden=HIDDEN_LOSS_WEIGHT)
-    for count in (2, 3):
-        layers = spread_layers(count, teacher_layers)
-        chosen[f"from_teacher k={count} {layers}"] = variant(layers=layers)
-    return chosen
-
-
-def language_inputs(scratch: Path, rows: int, params: dict[str, Any]) -> dict[str, Path]:
-    """The language's first `rows` transfer rows (all when None) with their stored soft labels, and the default
-    run's other inputs."""
-    transfer = pd.read_parquet(require(REPO_ROOT / "data/transfer/transfer.parquet", "make run"))
-    keep = transfer[transfer["lang"] == LANGUAGE].iloc[:rows].reset_index(drop=True)
-    copies = scratch / "inputs"
-    copies.mkdir(parents=True)
-    keep.to_parquet(copies / "transfer.parquet", index=False)
-    select_transfer_rows(REPO_ROOT / "data/soft_labels", keep, copies / "soft_labels")
-    return {**pipeline_paths(LANGUAGE, scratch), "soft_labels": copies / "soft_labels",
-            "transfer": copies / "transfer.parquet"}
-
-
-def test_macro_f1(model_dir: Path, test: pd.DataFrame, labels: list[str], settings: dict[str, Any]) -> float:
-    probabilities = probabilities_from_model(model_dir, test["text"].tolist(), settings["train"]["max_length"],
-                                             settings["train"]["eval_batch_size"], settings["threads"])
-    gold = test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
+def macro_f1(model_dir: Path, frame: pd.DataFrame, labels: list[str], runtime: str, settings: dict) -> float:
+    probabilities = probabilities_from_model(model_dir, frame["text"].tolist(), settings["train"]["max_length"],
+                                             settings["train"]["eval_batch_size"], settings["threads"], runtime)
+    gold = frame["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
     return float(f1_score(gold, probabilities.argmax(axis=1), average="macro"))
 
 
-def run(quick: bool) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
-    params = load_project_params()
+def train_configuration(name: str, student: dict[str, Any], seed: int, lang: str, params: dict[str, Any],
+                        sizes: dict[str, Any], splits: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Distil one language with one shape and seed; KD quality per split and runtime, CE-only as trained."""
+    settings = copy.deepcopy(params["distill"])
+    settings["student"], settings["train"]["seed"] = student, seed
+    if sizes["epochs"]:
+        settings["train"]["epochs"] = sizes["epochs"]
+    paths = pipeline_paths(lang, REPO_ROOT / ".cache/bench/shapes" / name / str(seed))
+    report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(params["soft_labels"]),
+                              params["data"]["labels"])
     labels = params["data"]["labels"]
-    teacher_layers = int(pd.read_json(require(REPO_ROOT / "models/teacher/config.json", "make run"),
-                                      typ="series")["num_hidden_layers"])
-    test_all = pd.read_parquet(REPO_ROOT / "data/prepared/test.parquet")
-    test = test_all[test_all["lang"] == LANGUAGE].reset_index(drop=True)
-    runs: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-ablations-") as scratch:
-        scratch = Path(scratch)
-        inputs = language_inputs(scratch, sizes["transfer_rows"], params)
-        for index, (name, settings) in enumerate(configurations(params["distill"], teacher_layers).items()):
-            settings["train"].update(epochs=sizes["epochs"], eval_every=sizes["eval_every"])
-            paths = {**inputs, "output": scratch / f"out-{index}", "metrics": scratch / f"metrics-{index}.json",
-                     "work": scratch / f"work-{index}"}
-            report = distill_language(LANGUAGE, paths, settings,
-                                      SoftLabelSettings.from_params(params["soft_labels"]), labels)
-            runs[name] = {"student": report["student"], "steps": report["kd"]["steps"],
-                          "kd_macro_f1": test_macro_f1(paths["output"] / "kd", test, labels, settings),
-                          "ce_macro_f1": test_macro_f1(paths["output"] / "ce", test, labels, settings),
-                          "directory": paths["output"] / "kd"}
-        speeds = interleave({name: speed_probe(entry["directory"], test["text"].tolist(), params, sizes)
-                             for name, entry in runs.items()}, sizes["speed_repeats"])
-    return summarise(runs, speeds, sizes, len(test))
+    scores = {f"kd_{split}_{runtime}": macro_f1(paths["output"] / "kd", splits[split][splits[split]["lang"] == lang],
+                                                 labels, runtime, settings)
+              for split in ("validation", "test") for runtime in RUNTIMES}
+    scores["ce_test_torch_fp32"] = macro_f1(paths["output"] / "ce", splits["test"][splits["test"]["lang"] == lang],
+                                            labels, "torch_fp32", settings)
+    return {**scores, "params": report["student"]["total_params"], "directory": str(paths["output"] / "kd")}
 
 
-def speed_probe(model_dir: Path, texts: list[str], params: dict[str, Any], sizes: dict[str, Any]) -> Any:
+def measure_shapes(runs: dict[str, dict[str, Any]], texts: list[str], params: dict[str, Any],
+                   sizes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Teacher (fp32) and one student per shape (in every runtime), interleaved on the same texts."""
     evaluate = params["evaluate"]
+    max_length = evaluate["max_length"]
+    classifiers = {"teacher torch_fp32": load_text_classifier(REPO_ROOT / "models/teacher", "torch_fp32",
+                                                              max_length)}
+    for name, directory in runs.items():
+        for runtime in RUNTIMES:
+            classifiers[f"{name} {runtime}"] = load_text_classifier(Path(directory), runtime, max_length)
+    settings = SpeedSettings.from_params({**evaluate, "rounds": sizes["rounds"],
+                                          "throughput_texts": sizes["speed_texts"]})
+    return measure_speeds(classifiers, texts, settings)
 
-    def call() -> dict[str, float]:
-        return measure_speed(model_dir, texts[:sizes["speed_texts"]], evaluate["threads"], evaluate["max_length"],
-                             sizes["latency_repeats"], evaluate["throughput_batch"], 1)
-    return call
+
+def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
+    sizes = {**SIZES["quick" if quick else "full"], **({"languages": languages} if languages else {})}
+    params = load_project_params()
+    shapes, descriptions = configurations(params["distill"])
+    chosen = sizes["configurations"] or list(shapes)
+    languages = sizes["languages"] or params["data"]["languages"]
+    default = params["distill"]["student"]["kind"]
+    splits = {split: pd.read_parquet(require(REPO_ROOT / f"data/prepared/{split}.parquet", "make run"))
+              for split in ("validation", "test")}
+    base_seed = params["distill"]["train"]["seed"]
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {name: {lang: [] for lang in languages} for name in chosen}
+    for name in chosen:
+        seeds = sizes["seeds"] if name == default else 1
+        for lang in languages:
+            for seed in range(base_seed, base_seed + seeds):
+                results[name][lang].append(train_configuration(name, shapes[name], seed, lang, params, sizes,
+                                                               splits))
+    texts = splits["test"].groupby("lang").head(sizes["speed_texts"] // len(languages) + 1)["text"].tolist()
+    speeds = measure_shapes({name: results[name][languages[0]][0]["directory"] for name in chosen}, texts, params,
+                            sizes)
+    return summarise(results, speeds, descriptions, languages, default, sizes)
 
 
-def summarise(runs: dict[str, dict], speeds: dict[str, list[dict]], sizes: dict[str, Any],
-              test_rows: int) -> dict[str, Any]:
-    reference = next(iter(runs))
-    throughput = {name: [entry["throughput_texts_per_s"] for entry in values] for name, values in speeds.items()}
-    rows = []
-    for name, entry in runs.items():
-        student = entry["student"]
-        speed = paired_ratios(throughput[name], throughput[reference])
-        rows.append([name, f"{entry['kd_macro_f1']:.3f}", f"{entry['ce_macro_f1']:.3f}",
-                     f"{entry['kd_macro_f1'] - entry['ce_macro_f1']:+.3f}", f"{student['total_params']:,}",
-                     f"{student['non_embedding_params']:,}", f"{summarize(throughput[name])['median']:.0f}",
-                     format_summary(speed, ".2f", "x")])
-        entry.pop("directory")
+def mean_of(entries: list[dict[str, Any]], key: str) -> float:
+    return statistics.mean(entry[key] for entry in entries)
+
+
+def summarise(results: dict, speeds: dict, descriptions: dict[str, str], languages: list[str], default: str,
+              sizes: dict[str, Any]) -> dict[str, Any]:
+    """The Pareto table (means over languages), the per-language table and the runtime agreement."""
+    teacher = speeds["teacher torch_fp32"]
+    pareto_rows, language_rows = [], []
+    for name, per_language in results.items():
+        params = statistics.mean(entries[0]["params"] for entries in per_language.values())
+        for runtime in RUNTIMES:
+            speed = speeds[f"{name} {runtime}"]
+            validation = np.mean([mean_of(entries, f"kd_validation_{runtime}") for entries in per_language.values()])
+            test = np.mean([mean_of(entries, f"kd_test_{runtime}") for entries in per_language.values()])
+            pareto_rows.append([descriptions[name] + (" (default)" if name == default else ""), runtime,
+                                f"{validation:.3f}", f"{test:.3f}", f"{params / 1e6:.2f}M",
+                                f"{speed['throughput_texts_per_s']:.0f}",
+                                f"{speed['throughput_texts_per_s'] / teacher['throughput_texts_per_s']:.1f}x",
+                                f"{speed['latency_ms_median']:.1f}",
+                                f"{teacher['latency_ms_median'] / speed['latency_ms_median']:.1f}x"])
+        for lang, entries in per_language.items():
+            language_rows.append([name, lang, len(entries)] + [
+                f"{mean_of(entries, f'kd_{split}_{runtime}'):.3f}" for split in ("validation", "test")
+                for runtime in RUNTIMES] + [f"{mean_of(entries, 'ce_test_torch_fp32'):.3f}"])
+    for entries in (entry for per_language in results.values() for values in per_language.values()
+                    for entry in values):
+        entries.pop("directory", None)
     return {
-        "name": "ablations", "title": f"6. Ablations ({LANGUAGE}, short distillation)",
-        "config": {**sizes, "language": LANGUAGE, "hidden_loss_weight": HIDDEN_LOSS_WEIGHT}, "runs": runs,
-        "speeds": speeds,
-        "tables": [{"title": f"{LANGUAGE}: {sizes['transfer_rows'] or 'all'} transfer rows with stored soft labels, "
-                             f"{sizes['epochs']} epoch(s); test macro-F1 on all {test_rows} {LANGUAGE} test rows; "
-                             f"throughput at batch 32 (median of {sizes['speed_repeats']} interleaved repeats)",
-                    "columns": ["student", "KD F1", "CE-only F1", "KD gain", "params", "non-embedding params",
-                                "texts/s", "throughput vs default"],
-                    "rows": rows}],
-        "notes": ["Throughput ratios of identical architectures (default vs hidden-state term) show the measurement "
-                  "noise of the machine. Short runs: differences of a few points are within noise at this size. "
-                  "The scratch student has no teacher weights and needs far more steps than this; the hidden-state "
-                  "term runs the teacher on every batch, so its training step costs several times more."],
+        "name": "ablations", "title": "6. Student shapes: quality vs size vs speed", "config": sizes,
+        "results": results, "speeds": speeds,
+        "tables": [
+            {"title": f"Pareto table, mean over {', '.join(languages)}: KD student macro-F1 (validation chooses, "
+                      f"test reports), params, texts/s at batch 32 and batch-1 latency on mixed test texts vs the "
+                      f"teacher as trained (fp32: {teacher['throughput_texts_per_s']:.0f} texts/s, "
+                      f"{teacher['latency_ms_median']:.1f} ms); {sizes['seeds']} seeds for the default, 1 otherwise",
+             "columns": ["student", "runtime", "validation F1", "test F1", "params", "texts/s", "vs teacher",
+                         "latency ms", "vs teacher"], "rows": pareto_rows},
+            {"title": "Per language (mean over the configuration's seeds): KD student macro-F1 per split and "
+                      "runtime, CE-only student (fp32, test)",
+             "columns": ["configuration", "lang", "seeds"] + [f"{split} {runtime}" for split in ("validation", "test")
+                                                             for runtime in RUNTIMES] + ["CE-only test"],
+             "rows": language_rows},
+        ],
+        "notes": ["Speed is measured on one language's students per shape (shape, not vocabulary, sets the cost)."],
     }

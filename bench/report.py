@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ORDER = ("loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds", "transfer_sources")
+ORDER = ("loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds", "transfer_sources", "adaptive")
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:

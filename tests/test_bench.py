@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.__main__ import parse_arguments  # noqa: E402
-from bench.ablations import spread_layers  # noqa: E402
+from bench.adaptive import adaptive_choice, choose  # noqa: E402
 from bench.common import format_summary, interleave, paired_ratios, summarize, target  # noqa: E402
 from bench.loop import training_flops  # noqa: E402
 from bench.quality import language_row, with_interval  # noqa: E402
@@ -66,11 +67,36 @@ def test_training_flops_follow_the_stated_formula() -> None:
     assert training_flops(1000, 2, 8, 20) > 2 * training_flops(1000, 2, 8, 10)  # attention grows with L²
 
 
-def test_spread_layers_keeps_first_and_last() -> None:
-    assert spread_layers(2, 12) == [0, 11]
-    assert spread_layers(3, 12) == [0, 6, 11]
-    assert spread_layers(4, 12) == [0, 4, 7, 11]
-    assert spread_layers(1, 12) == [11]
+def test_the_adaptive_choice_is_the_best_validation_mean_with_ties_to_the_default() -> None:
+    default, other = (0.7, 2.0), (0.5, 2.0)
+    assert choose({default: [0.5, 1.0], other: [0.75, 0.75]}, default) == default  # tie on the mean
+    assert choose({default: [0.80, 0.80], other: [0.84, 0.80]}, default) == other
+
+
+def test_validation_labels_can_change_the_adaptive_choice_and_test_labels_never_do() -> None:
+    """Two grid points, two seeds: A is right on validation rows 0-9, B on 10-19; on test the reverse."""
+    rng = np.random.default_rng(0)
+    gold = {"validation": np.array([0, 1] * 10), "test": np.array([0, 1] * 10)}
+
+    def probabilities(correct_rows: slice, labels: np.ndarray) -> np.ndarray:
+        predicted = 1 - labels
+        predicted[correct_rows] = labels[correct_rows]
+        return np.eye(2)[predicted]
+
+    point_a, point_b = (0.7, 2.0), (0.9, 4.0)
+    predictions = {
+        point_a: [{"validation": probabilities(slice(0, 12), gold["validation"]),
+                   "test": probabilities(slice(10, 20), gold["test"])}] * 2,
+        point_b: [{"validation": probabilities(slice(10, 20), gold["validation"]),
+                   "test": probabilities(slice(0, 20), gold["test"])}] * 2,
+    }
+    assert adaptive_choice(predictions, gold, point_a)["chosen"] == point_a
+    for _ in range(20):  # any test labels: the choice stays
+        shuffled = {**gold, "test": rng.integers(0, 2, size=20)}
+        assert adaptive_choice(predictions, shuffled, point_a)["chosen"] == point_a
+    flipped = gold["validation"].copy()
+    flipped[:12] = 1 - flipped[:12]  # validation labels that A now gets wrong
+    assert adaptive_choice(predictions, {**gold, "validation": flipped}, point_a)["chosen"] == point_b
 
 
 def test_quality_row_formats_intervals() -> None:
@@ -116,7 +142,7 @@ def test_skipped_result_renders_its_reason() -> None:
 def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
-                                           "transfer_sources"]
+                                           "transfer_sources", "adaptive"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
