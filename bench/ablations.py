@@ -28,8 +28,9 @@ from polydistill.model.soft_labels import SoftLabelSettings
 
 SIZES = {"quick": {"languages": ["es"], "epochs": 1, "seeds": 1, "configurations": ["from_teacher", "narrow"],
                    "rounds": 2, "speed_texts": 64},
-         "full": {"languages": None, "epochs": None, "seeds": 3, "configurations": None, "rounds": 5,
-                  "speed_texts": 256}}
+         "full": {"languages": None, "epochs": None, "seeds": 3,
+                  "configurations": ["from_teacher", "narrow", "scratch"],  # None: every shape, narrow_deep too
+                  "rounds": 5, "speed_texts": 256}}
 DEEP_LAYERS = [0, 2, 4, 7, 9, 11]
 
 

@@ -38,10 +38,11 @@ def pipeline_paths(lang: str, output: Path) -> dict[str, Path]:
             "output": output / lang, "metrics": output / f"{lang}.json", "work": REPO_ROOT / ".cache/runs"}
 
 
-def macro_f1(model_dir: Path, test: pd.DataFrame, labels: list[str], settings: dict[str, Any]) -> float:
-    """Test macro-F1 of a student folder."""
+def macro_f1(model_dir: Path, test: pd.DataFrame, labels: list[str], settings: dict[str, Any],
+             runtime: str = "torch_fp32") -> float:
+    """Test macro-F1 of a student folder in a runtime."""
     probabilities = probabilities_from_model(model_dir, test["text"].tolist(), settings["train"]["max_length"],
-                                             settings["train"]["eval_batch_size"], settings["threads"])
+                                             settings["train"]["eval_batch_size"], settings["threads"], runtime)
     gold = test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
     return float(f1_score(gold, probabilities.argmax(axis=1), average="macro"))
 
@@ -79,7 +80,8 @@ def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
             paths = pipeline_paths(lang, output)
             distill_language(lang, paths, settings, SoftLabelSettings.from_params(params["soft_labels"]), labels)
             for variant in ("kd", "ce"):
-                scores[lang][variant].append(macro_f1(paths["output"] / variant, test, labels, settings))
+                scores[lang][variant].append(macro_f1(paths["output"] / variant, test, labels, settings,
+                                                      params["registry"]["router"]["runtime"]))
     return summarise(scores, seeds, languages)
 
 
@@ -104,8 +106,9 @@ def summarise(scores: dict[str, dict[str, list[float]]], seeds: list[int], langu
     return {
         "name": "seeds", "title": "7. Students over seeds (the default configuration)", "seeds": seeds,
         "scores": scores,
-        "tables": [{"title": f"Test macro-F1 over seeds {seeds} (students vary; teacher and TF-IDF fixed). KD − CE is "
-                             "the mean of per-seed paired differences (same seed, same test rows).",
+        "tables": [{"title": f"Test macro-F1 over seeds {seeds}, students as served (registry.router.runtime; "
+                             "students vary, teacher and TF-IDF fixed). KD − CE is the mean of per-seed paired "
+                             "differences (same seed, same test rows).",
                     "columns": ["lang", "teacher", "transformer", "KD mean ± sd", "CE-only mean ± sd", "TF-IDF",
                                 "KD − TF-IDF", "retention", "KD − CE", "segmented as teacher", "KD per seed"],
                     "rows": rows + [["mean", "", "", f"{mean_kd:.3f}", "", f"{mean_tfidf:.3f}",
