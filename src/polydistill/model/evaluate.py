@@ -114,8 +114,8 @@ def measure_efficiency(teacher_dir: Path, student_dir: Path, texts: list[str], s
         classifiers["teacher_in_runtime"] = load_text_classifier(teacher_dir, runtime, max_length)
     classifiers["kd_student"] = load_text_classifier(student_dir, runtime, max_length)
     speeds = measure_speeds(classifiers, texts, SpeedSettings.from_params(settings))
-    sizes = {"teacher": model_size(teacher_dir), "teacher_in_runtime": model_size(teacher_dir),
-             "kd_student": model_size(student_dir)}
+    teacher_size = model_size(teacher_dir)
+    sizes = {"teacher": teacher_size, "teacher_in_runtime": teacher_size, "kd_student": model_size(student_dir)}
     efficiency = {name: {**sizes[name], **speed, "runtime": "torch_fp32" if name == "teacher" else runtime}
                   for name, speed in speeds.items()}
     efficiency["speedup"] = {"over_teacher_as_trained": paired_speedup(speeds["kd_student"], speeds["teacher"])}

@@ -47,7 +47,8 @@ class ActivationStatistics:
     neuron_importance: list[torch.Tensor]      # per layer (ffn,): mean |activation| × ‖output weight column‖
 
 
-def _encode(tokenizer_json: dict, texts: Sequence[str], max_length: int) -> Tokenizer:
+def _padding_tokenizer(tokenizer_json: dict, max_length: int) -> Tokenizer:
+    """The trimmed tokenizer, truncating to max_length and padding each batch to its longest text."""
     tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json))
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id("<pad>"), pad_token="<pad>")
@@ -92,7 +93,7 @@ def activation_statistics(model: PreTrainedModel, tokenizer_json: dict, texts: S
                     layer.output.LayerNorm.register_forward_hook(add_residual),
                     layer.attention.output.dense.register_forward_pre_hook(head_hook(index)),
                     layer.intermediate.register_forward_hook(neuron_hook(index))]
-    tokenizer = _encode(tokenizer_json, texts, settings.max_length)
+    tokenizer = _padding_tokenizer(tokenizer_json, settings.max_length)
     tokens = 0
     model.eval()
     try:

@@ -51,23 +51,24 @@ class TextClassifier:
         config = self.model.config
         return [config.id2label[index] for index in range(config.num_labels)]
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        """Probabilities [N, K] of one batch, padded to its longest text."""
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
+    def _softmax(self, encoded: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
             return torch.softmax(self.model(**encoded).logits.float(), dim=-1).numpy()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        """Probabilities [N, K] of one batch, padded to its longest text."""
+        return self._softmax(self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                            return_tensors="pt"))
 
     def probabilities(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Probabilities [N, K] in the order of `texts`, batched by token length (dynamic padding)."""
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         probabilities = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                batch = self.tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt")
-                probabilities[rows] = torch.softmax(self.model(**batch).logits.float(), dim=-1).numpy()
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            probabilities[rows] = self._softmax(
+                self.tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt"))
         return probabilities
 
 
