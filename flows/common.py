@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,15 @@ def stage_context() -> tuple[Path, dict[str, Any]]:
     return root, load_params(root / "params.yaml")
 
 
+def show_core_logs() -> None:
+    """The core package's INFO lines (progress, resumed runs) in the terminal and in the Prefect UI.
+
+    Prefect gives the `polydistill` logger its API handler and the records propagate to Prefect's console handler,
+    but the logger inherits the root's WARNING level: without this, its INFO lines go nowhere.
+    """
+    logging.getLogger("polydistill").setLevel(logging.INFO)
+
+
 def run_stage(flow: Flow, *arguments: Any) -> None:
     """Run a stage flow; a known input error ends the process with its message and exit status 1."""
     from polydistill.data.archives import ArchiveDownloadError, ArchiveHashMismatch
@@ -25,6 +35,7 @@ def run_stage(flow: Flow, *arguments: Any) -> None:
     from polydistill.data.validate import DataValidationError
     from polydistill.model.soft_labels import SoftLabelMismatch
 
+    show_core_logs()
     started = time.perf_counter()
     try:
         flow(*arguments)

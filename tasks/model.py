@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from tasks.retry import retry_transient
@@ -45,6 +46,10 @@ def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_
                             work_root, settings, labels)
     get_run_logger().info("teacher best at step %d: validation macro-F1 %s", metrics["best_step"],
                           metrics["validation_macro_f1"])
+    create_table_artifact([{"language": lang, "validation macro-F1": round(score, 4)}
+                           for lang, score in metrics["validation_macro_f1"].items()], key="teacher-validation",
+                          description=f"Teacher validation macro-F1 per language at its best step "
+                                      f"({metrics['best_step']} of {metrics['steps']})")
     return metrics
 
 
@@ -75,6 +80,12 @@ def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], so
     get_run_logger().info("%s students: KD best %.4f, CE best %.4f (validation macro-F1), %d params", lang,
                           report["kd"]["best_validation_macro_f1"], report["ce"]["best_validation_macro_f1"],
                           report["student"]["total_params"])
+    students = [{"student": variant, "best validation macro-F1": round(report[variant]["best_validation_macro_f1"], 4),
+                 "best step": report[variant]["best_step"], "steps": report[variant]["steps"],
+                 "train rows": report[variant]["train_rows"]} for variant in ("kd", "ce")]
+    shape = report["student"]
+    create_table_artifact(students, key=f"students-{lang.lower()}", description=f"{lang} students: "
+                          f"{shape['total_params']:,} parameters, vocabulary {shape['vocab_size']:,}")
     return report
 
 
@@ -89,4 +100,6 @@ def evaluate_task(languages: list[str], paths: dict[str, Path], settings: dict[s
         get_run_logger().info("%s: teacher %.3f, KD %.3f, CE %.3f, TF-IDF %.3f, retention %.1f%%", row["lang"],
                               row["teacher_macro_f1"], row["kd_macro_f1"], row["ce_macro_f1"],
                               row["tfidf_macro_f1"], 100 * row["retention"])
+    create_table_artifact(rows, key="evaluation", description="Test macro-F1 per language and system, retention, "
+                                                              "size and speed (reports/evaluation.md has the CIs)")
     return rows

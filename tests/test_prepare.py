@@ -65,3 +65,19 @@ def test_null_text_and_unknown_label_pass_through_for_validation(tmp_path: Path)
     prepare_corpus(write_raw(tmp_path / "raw.jsonl", rows), tmp_path / "out", tmp_path / "s.json", SETTINGS)
     frame = read_splits(tmp_path / "out")
     assert frame["text"].isna().sum() == 1 and "meh" in set(frame["label"])
+
+
+def test_near_duplicates_stay_in_one_split(tmp_path: Path) -> None:
+    """Case, punctuation, whitespace and URL variants of a text share its split, whatever the seed puts first."""
+    variants = [("a pretentious mess", "A pretentious mess.", "a  pretentious MESS!!"),
+                ("great phone https://t.co/abc", "Great phone https://t.co/xyz", "great phone www.example.com/p")]
+    rows = [{"text": f"review number {i}", "label": "positive" if i % 2 else "negative", "lang": "en", "source": "s"}
+            for i in range(60)]
+    for group, label in zip(variants, ("negative", "positive")):
+        rows += [{"text": text, "label": label, "lang": "en", "source": "s"} for text in group]
+    for seed in range(8):
+        summary = prepare_corpus(write_raw(tmp_path / "raw.jsonl", rows), tmp_path / "out", tmp_path / "s.json",
+                                 {**SETTINGS, "seed": seed})
+        frame = read_splits(tmp_path / "out").set_index("text")
+        assert all(frame.loc[list(group), "split"].nunique() == 1 for group in variants), f"seed {seed}"
+        assert summary["near_duplicate_rows"] == 6

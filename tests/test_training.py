@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given
@@ -12,6 +13,8 @@ from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 from transformers import BertConfig, BertForSequenceClassification
 
+from polydistill.model.distill import STUDENT_CODE
+from polydistill.model.teacher import TEACHER_CODE
 from polydistill.model.training import (
     EncodedSet,
     TrainSettings,
@@ -21,6 +24,7 @@ from polydistill.model.training import (
     per_language_macro_f1,
     predict_logits,
     rows_per_language,
+    run_key,
     train_classifier,
 )
 
@@ -161,3 +165,25 @@ def test_all_ones_weights_give_the_unweighted_loss() -> None:
     torch.testing.assert_close(weighted, plain)
     assert collate(ones, rows[:3], PAD).weights.tolist() == [1.0, 1.0, 1.0]
     assert ones.subset(np.array([2, 0])).weights.tolist() == [1.0, 1.0]
+
+
+def test_the_run_key_changes_with_the_code_and_every_input(tmp_path: Path) -> None:
+    """A finished checkpoint is never reused after an edit of the training code or a change of any input."""
+    code = tmp_path / "training.py"
+    code.write_text("LOSS = 'cross entropy'\n", encoding="utf-8")
+    rows = pd.DataFrame({"text": ["a", "b"], "label": ["positive", "negative"]})
+    logits = np.zeros((2, 2), dtype=np.float32)
+    key = run_key({"seed": 1}, [rows, logits], [code])
+    assert run_key({"seed": 1}, [rows.copy(), logits.copy()], [code]) == key
+    assert run_key({"seed": 2}, [rows, logits], [code]) != key
+    assert run_key({"seed": 1}, [rows.assign(label=["positive", "positive"]), logits], [code]) != key
+    assert run_key({"seed": 1}, [rows, logits + 1], [code]) != key
+    code.write_text("LOSS = 'weighted cross entropy'\n", encoding="utf-8")
+    assert run_key({"seed": 1}, [rows, logits], [code]) != key
+
+
+def test_run_keys_cover_the_training_code_of_teacher_and_students() -> None:
+    names = {path.name for path in STUDENT_CODE}
+    assert {path.name for path in TEACHER_CODE} == {"teacher.py", "training.py"}
+    assert {"training.py", "losses.py", "distill.py", "student.py", "narrow.py"} <= names
+    assert all(path.is_file() for path in (*STUDENT_CODE, *TEACHER_CODE))

@@ -17,6 +17,8 @@ OFFLINE_ENVIRONMENT = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",       # no LOAD REPORT at every model load (a new head is expected)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",     # no "Writing model shards" bar at every save
 }
 
 

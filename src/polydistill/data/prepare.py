@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from polydistill.data.text_key import comparison_key
+
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "text", "label", "lang", "source")
 
@@ -67,7 +69,8 @@ def assign_ids(frame: pd.DataFrame) -> pd.DataFrame:
 
 def split_assignment(frame: pd.DataFrame, validation_fraction: float, test_fraction: float,
                      seed: int) -> pd.Series:
-    """Stratified split by (lang, label); every copy of a text goes where its first copy went (no leakage)."""
+    """Stratified split by (lang, label); every text goes where the first text with its comparison key went, so
+    copies and near-duplicates (case, punctuation, whitespace, URLs) never cross splits."""
     rng = np.random.default_rng(seed)
     split = pd.Series("train", index=frame.index, dtype=object)
     for _, group in frame.groupby(["lang", "label"], dropna=False, sort=True):
@@ -76,8 +79,18 @@ def split_assignment(frame: pd.DataFrame, validation_fraction: float, test_fract
         n_validation = int(round(len(group) * validation_fraction))
         split[order[:n_test]] = "test"
         split[order[n_test:n_test + n_validation]] = "validation"
-    text_key = frame["text"].fillna("\x00null\x00" + frame["id"])
-    return split.groupby(text_key).transform("first")
+    return split.groupby(split_keys(frame)).transform("first")
+
+
+def split_keys(frame: pd.DataFrame) -> pd.Series:
+    """Each row's comparison key; a null text keys on its id (nulls are not one text)."""
+    return frame["text"].map(comparison_key, na_action="ignore").fillna("\x00null\x00" + frame["id"])
+
+
+def near_duplicate_rows(frame: pd.DataFrame) -> int:
+    """Rows sharing their comparison key with a row of different text (kept in one split by split_assignment)."""
+    texts_per_key = frame.groupby(split_keys(frame))["text"].transform("nunique")
+    return int((texts_per_key > 1).sum())
 
 
 def prepare_corpus(raw_path: Path, output_dir: Path, summary_path: Path, settings: dict[str, Any]) -> dict:
@@ -96,6 +109,7 @@ def prepare_corpus(raw_path: Path, output_dir: Path, summary_path: Path, setting
         "duplicates_removed": duplicates,
         "conflicting_rows": int(conflicts.sum()),
         "conflicting_rows_dropped": int(conflicts.sum()) if settings["conflicting_labels"] == "drop" else 0,
+        "near_duplicate_rows": near_duplicate_rows(frame),
         "rows": split_counts(frame),
     }
     summary_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from polydistill.data.balance import allocate, draw
+from polydistill.data.text_key import comparison_key
 
 SOURCES = ("unlabelled", "augmented")
 LABELLED, UNLABELLED, AUGMENTED = "labelled", "unlabelled", "augmented"
@@ -64,12 +64,6 @@ class TransferSettings:
         return cls(**fields, sources=tuple(section["sources"]), augment=AugmentSettings(**section["augment"]))
 
 
-def normalise(text: str) -> str:
-    """Case-folded text without punctuation, symbols or repeated whitespace: the key for overlap checks."""
-    kept = "".join(" " if unicodedata.category(char)[0] in "PSZC" else char for char in text.casefold())
-    return " ".join(kept.split())
-
-
 def words(text: str) -> tuple[list[str], str]:
     """The text's words and the separator to join them: whitespace words, or characters for unspaced scripts."""
     tokens = text.split()
@@ -102,7 +96,7 @@ def _row_id(prefix: str, lang: str, text: str) -> str:
 def clean_pool(pool: pd.DataFrame, excluded: set[str]) -> tuple[pd.DataFrame, dict[str, int]]:
     """Unlabelled texts of one language minus those empty after normalisation, equal to labelled or held-out text,
     or repeated. Returns the pool (id, lang, text, source, in_domain) and how many rows each rule dropped."""
-    keys = pool["text"].map(normalise)
+    keys = pool["text"].map(comparison_key)
     empty = keys == ""
     overlapping = keys.isin(excluded) & ~empty
     repeated = keys.duplicated() & ~empty & ~overlapping
@@ -124,7 +118,7 @@ def augmented_rows(labelled: pd.DataFrame, count: int, vocabulary: list[str], ex
             break
         origin = labelled.iloc[order[attempt % len(order)]]
         text = augment_text(origin["text"], vocabulary, settings, rng)
-        key = normalise(text)
+        key = comparison_key(text)
         if not key or key in seen:
             continue
         seen.add(key)
@@ -182,8 +176,8 @@ def compose_transfer(train: pd.DataFrame, held_out: pd.DataFrame, unlabelled: pd
     """
     rng = np.random.default_rng(settings.seed)
     slots = allocate(train.groupby("lang").size().to_dict(), settings.alpha, settings.size, settings.max_repeats)
-    held_out_keys = set(held_out["text"].map(normalise))
-    excluded = held_out_keys | set(train["text"].map(normalise))
+    held_out_keys = set(held_out["text"].map(comparison_key))
+    excluded = held_out_keys | set(train["text"].map(comparison_key))
     sets, pools, report = [], [], {"languages": {}}
     for lang in sorted(slots):
         pool, dropped = clean_pool(unlabelled[unlabelled["lang"] == lang], excluded)
@@ -194,7 +188,7 @@ def compose_transfer(train: pd.DataFrame, held_out: pd.DataFrame, unlabelled: pd
     transfer = pd.concat(sets, ignore_index=True)
     transfer = transfer.iloc[rng.permutation(len(transfer))].reset_index(drop=True)
     report["rows"] = len(transfer)
-    report["held_out_overlaps"] = int(transfer[transfer["source"] != LABELLED]["text"].map(normalise)
+    report["held_out_overlaps"] = int(transfer[transfer["source"] != LABELLED]["text"].map(comparison_key)
                                       .isin(held_out_keys).sum())
     return transfer, pd.concat(pools, ignore_index=True), report
 

@@ -33,12 +33,22 @@ from polydistill.model.student import (
     build_student_from_teacher,
     student_segmentation,
 )
-from polydistill.model.teacher import encode_frame, fine_tune, run_key
-from polydistill.model.training import Batch, EncodedSet, TrainSettings, train_classifier
+from polydistill.model.teacher import TEACHER_CODE, encode_frame, fine_tune
+from polydistill.model.training import (
+    Batch,
+    EncodedSet,
+    RunInput,
+    TrainSettings,
+    export_best,
+    run_key,
+    train_classifier,
+)
 
 VARIANTS = ("kd", "ce")
 KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read
 PER_LANGUAGE_SETTINGS = ("alpha", "temperature")  # what distill.per_language may set for one language
+STUDENT_CODE = tuple(Path(__file__).with_name(f"{module}.py")  # the source a student run key covers
+                     for module in ("distill", "losses", "narrow", "student", "teacher", "training"))
 
 
 def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],
@@ -99,7 +109,7 @@ class KnowledgeDistillationLoss:
 
 def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.ndarray | None,
                   validation: pd.DataFrame, output_dir: Path, work_dir: Path, settings: dict[str, Any],
-                  labels: list[str], loss: KnowledgeDistillationLoss | None) -> dict[str, Any]:
+                  labels: list[str], loss: KnowledgeDistillationLoss | None, task: str) -> dict[str, Any]:
     """Train a copy of the initial student (KD when loss is given, else CE) and keep its best checkpoint."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -121,10 +131,8 @@ def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.nda
 
     kwargs = {"loss_function": loss} if loss is not None else {}
     state = train_classifier(model, train_set, validation_set, train_settings, work_dir, tokenizer.pad_token_id,
-                             save_best=save_best, **kwargs)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    shutil.copytree(work_dir / "best", output_dir)
+                             save_best=save_best, task=task, **kwargs)
+    export_best(work_dir, output_dir)
     return {"best_step": state.best_step, "steps": state.step, "best_validation_macro_f1": state.best_score,
             "train_rows": len(train_set), "history": state.history}
 
@@ -143,9 +151,10 @@ def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frame
     teacher_settings = settings["independent_teacher"]
     lang_teacher_dir = output_dir / "teacher"
     rows = teacher_set[teacher_set["lang"] == lang]
-    key = run_key(teacher_settings, teacher_dir / "model.safetensors")
+    key = run_key({**teacher_settings, "labels": labels}, [teacher_dir / "model.safetensors", rows,
+                                                           frames["validation"]], TEACHER_CODE)
     metrics = fine_tune(teacher_dir, rows, frames["validation"], lang_teacher_dir,
-                        work_root / f"teacher-{lang}-{key}", teacher_settings, labels)
+                        work_root / f"teacher-{lang}-{key}", teacher_settings, labels, task=f"{lang} teacher")
     soft_dir = output_dir / "soft_labels"
     soft_frames = {name: frames[name] for name in ("transfer", "validation", "test")}
     generate_soft_labels(lang_teacher_dir, tfidf_dir, soft_frames, frames["train"], soft_dir, soft_label_settings,
@@ -211,36 +220,35 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     report["transfer_rows"] = frames["transfer"]["source"].str.split(":").str[0].value_counts().to_dict()
     for variant in VARIANTS:
         loss = distillation_loss_for(variant, settings, teacher_dir, output / "initial", info)
-        train_frame = frames["transfer"] if variant == "kd" else frames["labelled_transfer"]
+        train_frame, logits = ((frames["transfer"], transfer_logits) if variant == "kd"
+                               else (frames["labelled_transfer"], None))
         key = _student_run_key(variant, lang, settings, output / "initial",
-                               paths["transfer"] if variant == "kd" else paths["labelled_transfer"], soft_dir)
-        report[variant] = train_student(output / "initial", train_frame,
-                                        transfer_logits if variant == "kd" else None, frames["validation"],
+                               [train_frame, frames["validation"]] + ([logits, soft_dir / "fingerprint.json"]
+                                                                      if variant == "kd" else []))
+        report[variant] = train_student(output / "initial", train_frame, logits, frames["validation"],
                                         output / variant, paths["work"] / f"student-{lang}-{variant}-{key}",
-                                        settings, labels, loss)
+                                        settings, labels, loss, task=f"{lang} {variant} student")
     shutil.rmtree(output / "initial")
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     paths["metrics"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
-def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_dir: Path, transfer: Path,
-                     soft_dir: Path) -> str:
-    """The checkpoint key of one student run: what its result depends on, nothing more.
+def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_dir: Path,
+                     inputs: list[RunInput]) -> str:
+    """The checkpoint key of one student run: its code, its rows and logits, and the settings it reads.
 
     The CE-only student ignores the soft labels and the KD settings, so changing the temperature, alpha or the
     hidden-state weight finds its finished run and does not train it again. The narrow student's settings count
     only for a narrow student (the initial weights' hash covers the architecture anyway).
     """
-    inputs = [initial_dir / "model.safetensors", transfer]
     if settings["student"]["kind"] != "narrow":
         student = {name: value for name, value in settings["student"].items() if name != "narrow"}
         settings = {**settings, "student": student}
     if variant == "ce":
         settings = {name: value for name, value in settings.items() if name not in KD_ONLY_SETTINGS}
-    else:
-        inputs.append(soft_dir / "fingerprint.json")
-    return run_key({**settings, "variant": variant, "lang": lang}, *inputs)
+    return run_key({**settings, "variant": variant, "lang": lang}, [initial_dir / "model.safetensors", *inputs],
+                   STUDENT_CODE)
 
 
 def distillation_loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,

@@ -209,7 +209,7 @@ def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict
     encoded = EncodedSet(encode_texts(tokenizer, unique["text"].tolist(), settings.max_length),
                          np.zeros(len(unique), dtype=np.int64), unique["lang"].to_numpy())
     transformer = dict(zip(unique["id"], predict_logits(model, encoded, tokenizer.pad_token_id,
-                                                        settings.batch_size)))
+                                                        settings.batch_size, task="teacher soft labels")))
     tfidf = tfidf_probabilities(tfidf_dir, frames, train, labels, settings.cross_fit_folds) if tfidf_dir else {}
     weights = choose_weights(frames["validation"], transformer, tfidf, settings, labels)
     for split, frame in frames.items():

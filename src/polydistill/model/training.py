@@ -3,26 +3,35 @@
 Length-bucketed batches with dynamic padding (no padding to max_length), AdamW with linear warmup and decay,
 evaluation every `eval_every` steps (macro-F1 per language), early stopping, the best model kept as a Hugging Face
 folder, and a checkpoint every `checkpoint_every` steps (weights, optimizer, scheduler and RNG state, all as
-safetensors + JSON) from which a killed run resumes where it stopped.
+safetensors + JSON) from which a killed run resumes where it stopped. Both folders are replaced crash-safely
+(polydistill.durable), so a kill at any instant leaves a complete copy to resume from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import f1_score
 from torch import Tensor
+
+from polydistill.data.archives import sha256_of
+from polydistill.durable import COMPLETE_MARKER, intact_directory, new_staging, publish_directory
+from polydistill.faults import kill_point
+from polydistill.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +128,26 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
+RunInput = Path | pd.DataFrame | np.ndarray
+
+
+def run_key(settings: dict[str, Any], inputs: Sequence[RunInput], code: Sequence[Path]) -> str:
+    """A short hash of the settings, every input (files, folders, frames, arrays) and the source files of the code
+    that trains: a checkpoint is resumed only by the same run, never after the code or an input changed."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for item in [*inputs, *code]:
+        if isinstance(item, pd.DataFrame):
+            digest.update(pd.util.hash_pandas_object(item, index=False).to_numpy().tobytes())
+        elif isinstance(item, np.ndarray):
+            digest.update(np.ascontiguousarray(item).tobytes())
+        else:
+            for file in sorted(item.rglob("*")) if item.is_dir() else [item]:
+                if file.is_file():
+                    digest.update(file.name.encode())
+                    digest.update(sha256_of(file).encode())
+    return digest.hexdigest()[:16]
+
+
 def bucketed_batches(lengths: np.ndarray, batch_size: int, bucket_batches: int,
                      rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle, sort by length within buckets of `bucket_batches` batches, cut into batches, shuffle the batches."""
@@ -154,13 +183,18 @@ def ordered_batches(data: EncodedSet, batch_size: int) -> Iterator[np.ndarray]:
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, data: EncodedSet, pad_id: int, batch_size: int) -> np.ndarray:
-    """Logits for every row of data, in row order."""
+def predict_logits(model: torch.nn.Module, data: EncodedSet, pad_id: int, batch_size: int,
+                   task: str | None = None) -> np.ndarray:
+    """Logits for every row of data, in row order; progress shown as `task` when one is given."""
     model.eval()
     logits = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
-    for indices in ordered_batches(data, batch_size):
-        batch = collate(data, indices, pad_id)
-        logits[indices] = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float().numpy()
+    with Progress(task, len(data), unit="text") if task else nullcontext() as shown:
+        for indices in ordered_batches(data, batch_size):
+            batch = collate(data, indices, pad_id)
+            logits[indices] = model(input_ids=batch.input_ids,
+                                    attention_mask=batch.attention_mask).logits.float().numpy()
+            if shown:
+                shown.update(shown.done + len(indices))
     return logits
 
 
@@ -186,11 +220,13 @@ def cross_entropy_loss(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor
 def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: EncodedSet, settings: TrainSettings,
                      work_dir: Path, pad_id: int, loss_function: LossFunction = cross_entropy_loss,
                      save_best: Callable[[Path], None] | None = None,
-                     progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainState:
+                     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+                     task: str = "training") -> TrainState:
     """Train `model` on `train`, keep the best model (by mean per-language validation macro-F1) in work_dir/best.
 
     A checkpoint in work_dir/checkpoint is resumed from when present. `save_best(path)` writes the best
-    model (default: model.save_pretrained). Returns the final state with the evaluation history.
+    model (default: model.save_pretrained); `progress(step, total, evaluation)` is called after each evaluation.
+    Progress is shown as `task` (polydistill.progress). Returns the final state with the evaluation history.
     """
     torch.manual_seed(settings.seed)
     validation = rows_per_language(validation, settings.eval_rows_per_language, settings.seed)
@@ -200,36 +236,59 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
     optimizer, scheduler = make_optimizer(model, settings, total_steps)
     checkpoint_dir, best_dir = work_dir / "checkpoint", work_dir / "best"
-    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler) if checkpoint_dir.exists() else TrainState()
+    intact_directory(best_dir)
+    state = (load_checkpoint(checkpoint_dir, model, optimizer, scheduler) if intact_directory(checkpoint_dir)
+             else TrainState())
     if state.step:
-        log.info("resuming from step %d of %d", state.step, total_steps)
+        log.info("%s: resuming from step %d of %d", task, state.step, total_steps)
     save_best = save_best or (lambda path: model.save_pretrained(path))
     started = time.perf_counter()
-    while state.step < total_steps and state.evals_without_improvement < settings.patience:
-        epoch, position = divmod(state.step, steps_per_epoch)
-        batches = bucketed_batches(train.lengths, settings.batch_size, settings.bucket_batches,
-                                   np.random.default_rng([settings.seed, epoch]))
-        for indices in batches[position:]:
-            model.train()
-            batch = collate(train, indices, pad_id)
-            losses = loss_function(model, batch)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            last = state.step == total_steps
-            if state.step % settings.eval_every == 0 or last:
-                evaluate_and_keep_best(model, validation, settings, state, pad_id, best_dir, save_best, losses,
-                                       time.perf_counter() - started)
-                if progress:
-                    progress(state.step, total_steps, state.history[-1])
-            if state.step % settings.checkpoint_every == 0 or last:
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
-            if last or state.evals_without_improvement >= settings.patience:
-                break
+    with Progress(task, total_steps, done=state.step) as shown:
+        while state.step < total_steps and state.evals_without_improvement < settings.patience:
+            epoch, position = divmod(state.step, steps_per_epoch)
+            batches = bucketed_batches(train.lengths, settings.batch_size, settings.bucket_batches,
+                                       np.random.default_rng([settings.seed, epoch]))
+            for indices in batches[position:]:
+                losses = train_step(model, collate(train, indices, pad_id), loss_function, optimizer, scheduler,
+                                    settings.max_grad_norm)
+                state.step += 1
+                kill_point("train:step")
+                shown.update(state.step, {"loss" if name == "total" else name: float(value.detach())
+                                          for name, value in losses.items()})
+                last = state.step == total_steps
+                if state.step % settings.eval_every == 0 or last:
+                    evaluate_and_keep_best(model, validation, settings, state, pad_id, best_dir, save_best, losses,
+                                           time.perf_counter() - started)
+                    shown.update(state.step, {key.replace("validation_macro_f1", "val_f1"): value
+                                              for key, value in state.history[-1].items()
+                                              if key.startswith("validation_macro_f1_")})
+                    if progress:
+                        progress(state.step, total_steps, state.history[-1])
+                if state.step % settings.checkpoint_every == 0 or last:
+                    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+                if last or state.evals_without_improvement >= settings.patience:
+                    break
     return state
+
+
+def train_step(model: torch.nn.Module, batch: Batch, loss_function: LossFunction, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LambdaLR, max_grad_norm: float) -> dict[str, Tensor]:
+    """One optimizer step on one batch (dropout on, gradients clipped); returns the loss parts."""
+    model.train()
+    losses = loss_function(model, batch)
+    losses["total"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def export_best(work_dir: Path, output_dir: Path) -> None:
+    """Copy the best model kept by train_classifier (work_dir/best) to output_dir, replacing it."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(work_dir / "best", output_dir, ignore=shutil.ignore_patterns(COMPLETE_MARKER))
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings,
@@ -261,26 +320,23 @@ def evaluate_and_keep_best(model: torch.nn.Module, validation: EncodedSet, setti
              **{f"train_{name}": round(float(value.detach()), 5) for name, value in losses.items()},
              **{f"validation_macro_f1_{lang}": round(score, 5) for lang, score in scores.items()}}
     state.history.append(entry)
-    log.info("step %d: %s", state.step, entry)
+    log.debug("step %d: %s", state.step, entry)
     if scores["mean"] > state.best_score:
         state.best_score, state.best_step, state.evals_without_improvement = scores["mean"], state.step, 0
-        staging = best_dir.with_name(best_dir.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = new_staging(best_dir)
         save_best(staging)
-        shutil.rmtree(best_dir, ignore_errors=True)
-        staging.rename(best_dir)
+        publish_directory(staging, best_dir, kill_prefix="best")
     else:
         state.evals_without_improvement += 1
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LambdaLR, state: TrainState) -> None:
-    """Write weights, optimizer moments and RNG state as safetensors, the rest as JSON; atomically."""
-    staging = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """Write weights, optimizer moments and RNG state as safetensors, the rest as JSON; crash-safe (see durable)."""
+    staging = new_staging(directory)
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
               str(staging / "model.safetensors"))
+    kill_point("checkpoint:writing")
     optimizer_state = optimizer.state_dict()
     tensors = {"rng_torch": torch.get_rng_state()}
     scalars: dict[str, Any] = {}
@@ -294,8 +350,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     meta = {"state": asdict(state), "optimizer_scalars": scalars, "param_groups": optimizer_state["param_groups"],
             "scheduler": scheduler.state_dict()}
     (staging / "trainer_state.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)
+    publish_directory(staging, directory, kill_prefix="checkpoint")
 
 
 def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
