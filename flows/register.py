@@ -1,4 +1,5 @@
-"""Stage flow: log the pipeline's results to MLflow, register each KD student, gate it, rebuild the router.
+"""Stage flow: log the pipeline's results to MLflow, register each KD student, gate it, attach its model card,
+rebuild the router.
 
 Writes metrics/registry.json: per language the new version, the champion after the gate, and the gate's reasons.
 """
@@ -8,7 +9,7 @@ import json
 from prefect import flow
 
 from flows.common import run_stage, stage_context
-from tasks.registry import log_pipeline_run_task, promote_task, router_task
+from tasks.registry import log_pipeline_run_task, model_card_task, promote_task, router_task
 
 
 @flow(name="register")
@@ -19,6 +20,7 @@ def register_flow() -> dict:
     report = {"run_id": record["run_id"], "experiment": settings["experiment"], "languages": {}}
     for lang, entry in record["languages"].items():
         decision = promote_task(root, settings, lang, entry["version"]) if settings["auto_promote"] else None
+        model_card_task(root, settings, lang, entry["version"], decision)
         report["languages"][lang] = {
             "version": int(entry["version"]),
             "reused": entry["reused"],

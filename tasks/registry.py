@@ -1,4 +1,5 @@
-"""Prefect tasks of the operations plane: log the pipeline run, gate each challenger, rebuild the router."""
+"""Prefect tasks of the operations plane: log the pipeline run, gate each challenger, attach model cards, rebuild
+the router."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from tasks.retry import retry_transient
@@ -35,6 +37,18 @@ def promote_task(root: Path, settings: dict[str, Any], lang: str, version: str) 
     for reason in result.reasons:
         logger.info("  %s", reason)
     return result.as_dict()
+
+
+@task(name="model-card", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
+def model_card_task(root: Path, settings: dict[str, Any], lang: str, version: str, decision: dict | None) -> str:
+    """Attach the version's model card (with the gate's decision) in MLflow; show it in the Prefect UI too."""
+    from polydistill.ops.model_card import attach_model_card
+
+    card = attach_model_card(root, settings, lang, version, decision)
+    create_markdown_artifact(card, key=f"model-card-{lang.lower()}", description=f"{lang} student version {version}")
+    get_run_logger().info("%s version %s: model card attached", lang, version)
+    return card
 
 
 @task(name="router", retries=2, retry_delay_seconds=[5, 20],

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from polydistill.cli import app
 from polydistill.ops import pipeline_run
 
-COMMANDS = ("run", "predict", "promote", "rollback", "status", "serve", "schedule", "ui")
+COMMANDS = ("run", "predict", "explain", "promote", "rollback", "status", "serve", "schedule", "ui")
 
 
 @pytest.fixture

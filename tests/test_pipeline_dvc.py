@@ -83,6 +83,26 @@ def assert_model_plane(root: Path) -> None:
         assert (root / f"plots/evaluate/confusion_{lang}.png").exists()
     summary = (root / "reports/evaluation.md").read_text(encoding="utf-8")
     assert all(f"| {lang} " in summary for lang in LANGUAGES)
+    assert "## Error analysis" in summary and all(f"### {lang}\nThe KD student is wrong on" in summary
+                                                  for lang in LANGUAGES)
+    assert_model_cards(root)
+
+
+def assert_model_cards(root: Path) -> None:
+    """Every registered student version carries its card, with its own figures and the gate's decision."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    registry = read_json(root / "metrics/registry.json")
+    for lang, entry in registry["languages"].items():
+        version = client.get_model_version(f"polydistill-student-{lang}", str(entry["version"]))
+        kd_macro_f1 = read_json(root / f"metrics/evaluate/{lang}.json")["systems"]["kd_student"]["macro_f1"]
+        assert version.description.startswith(f"# polydistill-student-{lang} version {entry['version']}")
+        assert f"| **this student** | {kd_macro_f1:.3f}" in version.description
+        verdict = "promoted to champion" if entry["promoted"] else "refused: stays challenger"
+        assert f"**{verdict}**" in version.description and "## Known limitations" in version.description
+        card_path = client.download_artifacts(version.run_id, f"model_card/{lang}.md", str(root / "cards"))
+        assert Path(card_path).read_text(encoding="utf-8") == version.description
 
 
 def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) -> None:

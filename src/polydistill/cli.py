@@ -1,10 +1,12 @@
-"""The `polydistill` command line: run the pipeline, predict, promote/rollback, status, serve, schedule, MLflow UI.
+"""The `polydistill` command line: run the pipeline, predict, explain, promote/rollback, status, serve, schedule,
+MLflow UI.
 
 Commands act on the project in POLYDISTILL_ROOT, else the current directory (its params.yaml, mlflow.db, flows/).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +75,64 @@ def predict(texts: Annotated[list[str], typer.Argument(help="Texts to classify."
             typer.echo(f"{row['lang'] or '-'}\t-\t-\t-\t{text}\t({row['status']})")
         else:
             typer.echo(f"{row['lang']}\t{row['label']}\t{row['score']:.4f}\tv{row['student_version']}\t{text}")
+
+
+@app.command()
+def explain(text: Annotated[str, typer.Argument(help="The text to explain.")],
+            lang: Annotated[str | None, typer.Option(help="Its language (default: detect among the configured).")]
+            = None,
+            as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a coloured line.")] = False) -> None:
+    """A student's answer for a text and each of its tokens' share in it (integrated gradients).
+
+    Green tokens push towards the answer, red ones away from it, the stronger the colour the larger the share.
+    """
+    from polydistill.model.explain import explain_text
+
+    root, params = project()
+    settings, languages = params["explain"], params["data"]["languages"]
+    lang = lang or detected_language(text, languages)
+    folder = root / settings["student"].format(lang=lang)
+    if lang not in languages or not (folder / "config.json").exists():
+        typer.echo(f"no student for '{lang}' at {folder} (languages: {', '.join(languages)}): run `make run` first",
+                   err=True)
+        raise typer.Exit(1)
+    explanation = explain_text(folder, text, settings["max_length"], settings["steps"])
+    if as_json:
+        typer.echo(json.dumps({"lang": lang, **explanation.as_dict()}, ensure_ascii=False))
+        return
+    from rich.console import Console
+
+    Console().print(coloured_tokens(explanation))
+    typer.echo(f"{lang}\t{explanation.label}\t{explanation.probability:.4f}\t(logit {explanation.logit:+.3f}, "
+               f"baseline {explanation.baseline_logit:+.3f}, attributions sum "
+               f"{sum(explanation.attributions):+.3f}, gap {explanation.completeness_gap:.3f})")
+
+
+def detected_language(text: str, languages: list[str]) -> str:
+    """The configured language lingua finds in the text; one line and exit status 1 when it finds none."""
+    from polydistill.ops.router import iso_code, language_detector
+
+    language = language_detector(languages).detect_language_of(text)
+    if language is None:
+        typer.echo("language not recognised: give --lang", err=True)
+        raise typer.Exit(1)
+    return iso_code(language)
+
+
+def coloured_tokens(explanation: Any) -> Any:
+    """The text as the student's tokens, each on a background from red (against) to green (for the answer)."""
+    from rich.text import Text
+
+    scale = max((abs(value) for value in explanation.attributions), default=0.0) or 1.0
+    line = Text()
+    for token, special, value in zip(explanation.tokens, explanation.special, explanation.attributions,
+                                     strict=True):
+        if special:
+            continue
+        strength = int(200 * abs(value) / scale)
+        colour = f"rgb({55 + strength},55,55)" if value < 0 else f"rgb(55,{55 + strength},55)"
+        line.append(token.replace("\u2581", " "), style=f"white on {colour}")
+    return line
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polydistill.model.error_analysis import ErrorSettings, error_analysis, error_analysis_markdown
 from polydistill.model.metrics import (
     SpeedSettings,
     classification_metrics,
@@ -94,7 +95,9 @@ def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarr
     result = {"lang": lang, "test_rows": len(test), "runtime": runtime, "systems": quality, "paired": paired,
               "runtime_agreement": runtime_agreement(systems["kd_student"], as_trained),
               "efficiency": measure_efficiency(paths["teacher"], students["kd_student"], texts, settings, runtime),
-              "segmentation": student_segmentation(paths["teacher"], students["kd_student"], texts)}
+              "segmentation": student_segmentation(paths["teacher"], students["kd_student"], texts),
+              "errors": error_analysis(texts, gold, systems["kd_student"], systems["teacher"], labels,
+                                       ErrorSettings(settings["error_examples"], settings["error_text_chars"]))}
     return result, systems
 
 
@@ -174,7 +177,7 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
                                             labels, max_length)
                       if mode == "shared" else None)
     paths["plots"].mkdir(parents=True, exist_ok=True)
-    rows, bars, intervals = [], {}, {}
+    rows, bars, intervals, error_sections = [], {}, {}, []
     for lang in languages:
         lang_paths = language_paths(paths, lang, mode)
         mask = (test["lang"] == lang).to_numpy()
@@ -187,6 +190,7 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
         result["summary"] = summary_row(result)
         write_json(paths["metrics"] / f"{lang}.json", result)
         rows.append(result["summary"])
+        error_sections.append(error_analysis_markdown(lang, result["errors"]))
         bars[lang] = {name: entry["macro_f1"] for name, entry in result["systems"].items()}
         intervals[lang] = {name: (entry["macro_f1_ci_low"], entry["macro_f1_ci_high"])
                            for name, entry in result["systems"].items()}
@@ -197,7 +201,8 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
     plot_grouped_bars(bars, intervals, paths["plots"] / "macro_f1.png")
     write_bars_csv(bars, intervals, paths["plots"] / "macro_f1.csv")
     paths["summary"].parent.mkdir(parents=True, exist_ok=True)
-    paths["summary"].write_text(markdown_summary(rows, SUMMARY_COLUMNS) + "\n", encoding="utf-8")
+    paths["summary"].write_text(markdown_summary(rows, SUMMARY_COLUMNS) + "\n\n## Error analysis\n\n"
+                                + "\n".join(error_sections), encoding="utf-8")
     return rows
 
 
