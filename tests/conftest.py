@@ -79,10 +79,12 @@ def run_dvc(root: Path, *arguments: str, extra_environment: dict[str, str] | Non
                           capture_output=True, text=True, timeout=900)
 
 
-def locked_outputs(root: Path) -> dict[str, Any]:
-    """Every stage output as dvc.lock records it (its md5), the metrics files by their content without timings."""
+def locked_outputs(root: Path, stages: list[str] | None = None) -> dict[str, Any]:
+    """Every output of `stages` (default: all) as dvc.lock records it (its md5), the metrics files by their content
+    without timings."""
     lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
-    paths = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    paths = {out["path"]: out["md5"] for name, stage in lock["stages"].items() if stages is None or name in stages
+             for out in stage.get("outs", [])}
     return {path: without_timings(json.loads((root / path).read_text(encoding="utf-8")))
             if path.startswith("metrics/") and path.endswith(".json") else md5 for path, md5 in paths.items()}
 
