@@ -92,7 +92,8 @@ def assert_model_cards(root: Path) -> None:
     """Every registered student version carries its card, with its own figures and the gate's decision."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not an earlier test's exported MLFLOW_REGISTRY_URI
     registry = read_json(root / "metrics/registry.json")
     for lang, entry in registry["languages"].items():
         version = client.get_model_version(f"polydistill-student-{lang}", str(entry["version"]))
