@@ -68,6 +68,9 @@ def pipeline_environment(root: Path) -> dict[str, str]:
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "POLYDISTILL_ROOT": str(root),
         "PREFECT_HOME": str(root / ".prefect"),
+        # the copy's own registry, as `make run` sets it: never one an earlier test left in os.environ
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{root / 'mlflow.db'}",
     }
 
 
