@@ -33,3 +33,16 @@ def promote_at_barrier(root: str, settings: dict[str, Any], lang: str, version: 
     if not use_lock:
         promotion.registry_lock = lambda uri, timeout_s: nullcontext()
     results.put(promotion.promote(Path(root), settings, lang, version).as_dict())
+
+
+def append_to_inference_log(path: str, worker: int, requests: int, rows_per_request: int, barrier: Any) -> None:
+    """`requests` appends of `rows_per_request` answers each to the inference log, all workers starting at once."""
+    from polydistill.ops.inference_log import InferenceLog
+
+    log = InferenceLog(Path(path), keep_text=False)
+    barrier.wait()
+    for request in range(requests):
+        texts = [f"worker {worker} request {request} row {row}" for row in range(rows_per_request)]
+        answers = [{"lang": "en", "status": "ok", "label": "positive", "score": 0.9, "student_version": "1"}
+                   for _ in texts]
+        log.record(texts, answers, {})

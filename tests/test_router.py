@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import urllib.error
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
 from polydistill.model.runtime import TextClassifier, for_runtime
-from polydistill.ops import pipeline_run, promotion, serving
+from polydistill.ops import inference_log, pipeline_run, promotion, serving
 
 MIXED = pd.DataFrame({"text": [
     "The film was a delight from start to finish.",
@@ -93,8 +94,14 @@ def test_text_in_a_language_without_a_student_is_answered_as_unsupported(loaded_
     assert output["label"][4] in {"negative", "positive"}
 
 
-def test_router_is_rebuilt_only_when_a_champion_changes(router_project: Path) -> None:
+def test_router_is_rebuilt_only_when_a_champion_or_its_build_changes(tmp_path: Path, router_project: Path) -> None:
     assert serving.register_router(router_project, registry_settings(), list(REGISTRY_LANGUAGES)) == "1"
+    copy = tmp_path / "project"  # the module's router stays as it is for the other tests
+    shutil.copytree(router_project, copy)
+    settings = registry_settings()
+    settings["router"] = {**settings["router"], "batch_size": settings["router"]["batch_size"] + 1}
+    assert serving.register_router(copy, settings, list(REGISTRY_LANGUAGES)) == "2"
+    assert serving.register_router(copy, settings, list(REGISTRY_LANGUAGES)) == "2"
 
 
 def test_languages_without_a_champion_are_answered_explicitly(tmp_path: Path, mlflow_db_template: Path,
@@ -183,8 +190,8 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
     environment.pop("MLFLOW_TRACKING_URI")
     log_path = router_project / "serve.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port)], env=environment,
-                                  stdout=log, stderr=log, start_new_session=True)
+        server = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--log-inference"],
+                                  env=environment, stdout=log, stderr=log, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
         if not wait_for_http(f"{base}/ping", 120, server):
@@ -209,6 +216,10 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
         report = load_run(f"{base}/invocations", clients=4, requests_per_client=10)
         print(f"load run, 4 clients x 10 requests of {len(MIXED)} texts: {report}")
         assert report["errors"] == 0 and report["p99_ms"] >= report["p50_ms"] > 0
+        logged = inference_log.read_log(router_project / "logs/inference.db")  # params monitor.log
+        answered = len(MIXED) + len(UNSERVED) + 1 + report["requests"] * len(MIXED)  # the 4xx requests: none
+        assert len(logged) == answered and logged["text"].isna().all()
+        assert (logged["status"] == "ok").sum() == answered - len(UNSERVED)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -1,8 +1,10 @@
 """The whole pipeline as a scheduled Prefect deployment on a real Prefect server, on the fixture corpus.
 
-One test, two runs of the same deployment in one repository copy: the first (tiny teacher, fixture corpus) goes
-through every DVC stage and registers champions; then the corpus is made invalid and the second run must fail with
-the validation message while the registry stays exactly as it was.
+One test, in one repository copy: the first run of the deployment (tiny teacher, fixture corpus) goes through every
+DVC stage and registers champions. Then the champion router answers drifted traffic with the inference log on, and
+the monitor flow reports it, logs an MLflow run and starts a run of the deployment (the pipeline is up to date: it
+completes without training). Last, the corpus is made invalid and a run must fail with the validation message while
+the registry stays exactly as it was.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import load_project_params, pipeline_environment, registry_settings, write_params
@@ -26,7 +30,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from polydistill.ops import registry, tracking
+from polydistill.ops import inference_log, registry, serving, tracking
 
 DEPLOYMENT = "polydistill-pipeline/nightly"
 LANGUAGES = ("en", "sl", "zh")
@@ -65,6 +69,43 @@ def make_corpus_invalid(root: Path) -> None:
     corpus.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
+def monitor_drifted_traffic(root: Path, params: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Route en rows and zh rows sent as en through the champion router with the inference log on (text kept), run
+    the monitor flow in the copy, and return its JSON report."""
+    monkeypatch.setenv(inference_log.LOG_ENV, str(root / params["monitor"]["log"]))
+    monkeypatch.setenv(inference_log.TEXT_ENV, "1")
+    corpus = pd.read_json(root / "tests/fixtures/corpus.jsonl", lines=True)
+    rows = params["monitor"]["min_rows"] + 10
+    traffic = pd.concat([corpus[corpus["lang"] == "en"].head(rows),
+                         corpus[corpus["lang"] == "zh"].head(rows).assign(lang="en")])
+    answers = serving.load_router(root, params["registry"]).predict(traffic[["text", "lang"]])
+    assert (answers["status"] == "ok").all()
+    assert len(inference_log.read_log(root / params["monitor"]["log"])) == len(traffic)
+    monitor = subprocess.run([sys.executable, "-m", "flows.monitor", "run"], cwd=root, env=pipeline_environment(root),
+                             capture_output=True, text=True, timeout=600)
+    assert monitor.returncode == 0, monitor.stderr[-6000:]
+    report = json.loads((root / params["monitor"]["report"]).with_suffix(".json").read_text(encoding="utf-8"))
+    assert report["languages"]["en"]["shadow"]["rows"] == min(params["monitor"]["shadow_rows"], len(traffic))
+    uri = tracking.tracking_uri(root)
+    runs = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name(params["registry"]["experiment"]).experiment_id],
+        "tags.stage = 'monitor'")
+    assert len(runs) == 1 and runs[0].data.metrics["en.flagged"] == 1.0 and runs[0].data.tags["flagged"] == "en"
+    return report
+
+
+async def wait_for_flow_run(flow_run_id: str, timeout: float = 600) -> Any:
+    """The flow run once it reached a final state."""
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state.is_final():
+                return run
+            await asyncio.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s")
+
+
 @pytest.mark.slow
 def test_scheduled_deployment_runs_the_pipeline_and_a_failed_validation_leaves_the_registry(
         repo_copy: Path, prefect_server: str, mlflow_db_template: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,6 +133,13 @@ def test_scheduled_deployment_runs_the_pipeline_and_a_failed_validation_leaves_t
             assert champions == dict.fromkeys(LANGUAGES, 1)
             assert report["router_version"] == 1
             before = registry_state(repo_copy)
+
+            monitored = monitor_drifted_traffic(repo_copy, params, monkeypatch)
+            assert monitored["flagged_languages"] == ["en"], monitored["languages"]["en"]["reasons"]
+            triggered = asyncio.run(wait_for_flow_run(monitored["triggered_run"]))
+            assert triggered.deployment_id == deployment["id"] and "monitor-trigger" in triggered.tags
+            assert triggered.state.is_completed(), triggered.state.message
+            assert registry_state(repo_copy) == before
 
             make_corpus_invalid(repo_copy)
             second = run_deployment(DEPLOYMENT, timeout=600)

@@ -1,5 +1,5 @@
-"""The `polydistill` command line: run the pipeline, predict, explain, promote/rollback, status, serve, schedule,
-MLflow UI.
+"""The `polydistill` command line: run the pipeline, predict, explain, promote/rollback, status, serve, monitor,
+schedule, MLflow UI.
 
 Commands act on the project in POLYDISTILL_ROOT, else the current directory (its params.yaml, mlflow.db, flows/).
 """
@@ -209,9 +209,14 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
           watch: Annotated[float, typer.Option(help="Seconds between checks of the router's champion alias; on a "
                                                     "change the server restarts on the new version (0: never).")
-                           ] = 30.0) -> None:
+                           ] = 30.0,
+          log_inference: Annotated[bool, typer.Option(help="Record every answer in the inference log (params "
+                                                           "monitor.log) for `polydistill monitor`.")] = False,
+          log_text: Annotated[bool, typer.Option(help="Keep the raw text in the inference log (needed for the "
+                                                      "monitor's shadow teacher; off: a SHA-256 only).")] = False
+          ) -> None:
     """Serve the champion router over HTTP (mlflow models serve, local environment): POST /invocations."""
-    from polydistill.ops import registry, tracking
+    from polydistill.ops import inference_log, registry, tracking
 
     root, params = project()
     settings = params["registry"]
@@ -220,6 +225,13 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
     environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
                    # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its uvicorn
+    if log_text and not log_inference:
+        raise typer.BadParameter("--log-text needs --log-inference")
+    if log_inference:
+        environment[inference_log.LOG_ENV] = str(root / params["monitor"]["log"])
+        environment[inference_log.TEXT_ENV] = "1" if log_text else "0"
+        kept = "kept" if log_text else "not kept"
+        typer.echo(f"inference log: {environment[inference_log.LOG_ENV]} (raw text {kept})", err=True)
     client = tracking.connect(root, settings)
     while True:
         with registry_errors_as_one_line():
@@ -251,6 +263,15 @@ def promoted_since(client: Any, name: str, version: str, wait_s: float) -> bool:
     time.sleep(wait_s)
     current = alias_version(client, name, CHAMPION)
     return current is not None and current != version
+
+
+@app.command()
+def monitor(schedule: Annotated[bool, typer.Option(help="Serve a deployment with the cron of params.yaml "
+                                                       "monitor.schedule instead of one report now.")] = False) -> None:
+    """Report on served traffic (the inference log) against training per language: reports/monitor.html, an
+    MLflow run, and the pipeline deployment started when enough languages are flagged."""
+    root, _ = project()
+    run_module(root, "flows.monitor", "serve" if schedule else "run")
 
 
 @app.command()

@@ -13,6 +13,8 @@ language outside the configured ones a confidence of at least `foreign_confidenc
 "ok", "unsupported language (<iso>)", "language not recognised" (no letters, e.g. "123": pass `lang`) or
 "no champion for <lang>" (a configured language whose student has not been promoted); only "ok" rows carry a label.
 Requests over `max_rows` rows or with a text over `max_text_chars` characters are refused with HTTP 400.
+When the server's environment names an inference log (polydistill/ops/inference_log.py, also shipped as code_paths),
+every answered text is recorded there for the monitor flow.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
     """Routes each text to its language's student; returns lang, label, score and student_version per text."""
 
     def load_context(self, context: Any) -> None:
-        from runtime import TextClassifier, for_runtime  # model/runtime.py, shipped as the model's code_paths
+        from inference_log import InferenceLog  # ops/inference_log.py and model/runtime.py: the model's code_paths
+        from runtime import TextClassifier, for_runtime
         from transformers.utils import logging as transformers_logging
 
         config = context.model_config
@@ -135,6 +138,7 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
                          for lang, parts in components.items()}
         self.detector = language_detector(self.languages)
         self.foreign = foreign_detector()
+        self.inference_log = InferenceLog.from_environment()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """lang, label, score, student_version and status for each row of a frame with text (and optional lang)."""
@@ -158,6 +162,9 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
             output.loc[rows, "label"] = labels
             output.loc[rows, "score"] = scores
         output.loc[frame["status"] != "ok", "student_version"] = None
+        if self.inference_log is not None:
+            self.inference_log.record(frame["text"].tolist(), output.to_dict("records"),
+                                      {lang: student.tokenizer for lang, student in self.students.items()})
         return output
 
     def classify(self, lang: str, texts: list[str]) -> tuple[list[str], list[float]]:

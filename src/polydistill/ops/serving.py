@@ -2,12 +2,16 @@
 loading it, and predicting with the champions.
 
 The router is built from whichever languages have a champion; the others are answered "no champion for <lang>".
+It is rebuilt when a champion changes, and when its build key changes: a hash of the code it ships (router.py,
+runtime.py, inference_log.py), the configured languages and the router settings, kept as a version tag.
 It is built outside the registry lock (it takes minutes), then its champion alias moves under the lock only if the
 champions it bundles are still the champions; otherwise it is built again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +34,24 @@ from polydistill.ops.tracking import connect, experiment_id, pinned_requirements
 log = logging.getLogger(__name__)
 
 ROUTER_REQUIREMENTS = (*STUDENT_REQUIREMENTS, "pandas", "lingua-language-detector")
+BUILD_KEY_TAG = "build_key"
+
+
+def router_code() -> list[str]:
+    """The files the router model ships: its pyfunc, then its code_paths."""
+    from polydistill.model import runtime
+    from polydistill.ops import inference_log, router
+
+    return [router.__file__, runtime.__file__, inference_log.__file__]
+
+
+def build_key(settings: Mapping[str, Any], languages: list[str]) -> str:
+    """A hash of what a router version is built from besides its students: shipped code, languages, settings."""
+    digest = hashlib.sha256(json.dumps({"languages": languages, "router": settings.get("router", {})},
+                                       sort_keys=True).encode())
+    for path in router_code():
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def router_signature() -> Any:
@@ -61,7 +83,6 @@ def log_router_version(client: Any, settings: Mapping[str, Any], languages: list
     import mlflow
     import pandas as pd
 
-    from polydistill.model import runtime
     from polydistill.ops import router
 
     name = router_model_name(settings["prefix"])
@@ -75,18 +96,19 @@ def log_router_version(client: Any, settings: Mapping[str, Any], languages: list
                               tags={"stage": "router"}), quiet_model_logging():
             info = mlflow.pyfunc.log_model(
                 name="router", python_model=router.__file__, artifacts=artifacts, model_config=config,
-                code_paths=[runtime.__file__],
+                code_paths=router_code()[1:],
                 signature=router_signature(), input_example=example,
                 pip_requirements=pinned_requirements(ROUTER_REQUIREMENTS))
         tags = {f"student.{lang}": student_version for lang, student_version in versions.items()}
+        tags[BUILD_KEY_TAG] = build_key(settings, languages)
         return str(mlflow.register_model(info.model_uri, name, await_registration_for=60, tags=tags).version)
 
 
 def register_router(root: Path, settings: Mapping[str, Any], languages: list[str]) -> str | None:
     """Bundle the champions into a new `<prefix>-router` version and make it champion.
 
-    Returns the router version (the current one when it already bundles these champions), or None when no
-    language has a champion yet.
+    Returns the router version (the current one when it already bundles these champions with the same build
+    key), or None when no language has a champion yet.
     """
     client = connect(root, settings)
     name = router_model_name(settings["prefix"])
@@ -96,7 +118,8 @@ def register_router(root: Path, settings: Mapping[str, Any], languages: list[str
             log.warning("router not built: no language has a champion")
             return None
         current = alias_version(client, name, CHAMPION)
-        if current and bundled_versions(client, name, current) == versions:
+        if current and bundled_versions(client, name, current) == versions and \
+                client.get_model_version(name, current).tags.get(BUILD_KEY_TAG) == build_key(settings, languages):
             log.info("router %s version %s already bundles the champions %s", name, current, versions)
             return current
         version = log_router_version(client, settings, languages, versions)
@@ -140,3 +163,15 @@ def predict(root: Path, settings: Mapping[str, Any], texts: list[str], lang: str
     predictions = model.predict(texts)
     return [{"lang": lang, "label": row.label, "score": float(row.score), "student_version": version,
              "status": "ok"} for row in predictions.itertuples()]
+
+
+def student_tokenizers(root: Path, settings: Mapping[str, Any], versions: Mapping[str, str]) -> dict[str, Any]:
+    """Each language's tokenizer from the registered student version given for it (the version that served)."""
+    import mlflow
+
+    connect(root, settings)
+    with quiet_model_logging():
+        return {lang: mlflow.transformers.load_model(
+                    f"models:/{student_model_name(settings['prefix'], lang)}/{version}",
+                    return_type="components")["tokenizer"]
+                for lang, version in versions.items()}

@@ -184,3 +184,27 @@ def quiet_model_logging() -> Iterator[None]:
 def pinned_requirements(packages: tuple[str, ...]) -> list[str]:
     """name==installed version for each package (explicit, so MLflow does not guess or add torchvision)."""
     return [f"{name}=={importlib.metadata.version(name)}" for name in packages]
+
+
+# ---------------------------------------------------------------------------------------------------- monitoring
+
+
+def log_monitor_run(root: Path, settings: Mapping[str, Any], report: Mapping[str, Any], files: list[Path]) -> str:
+    """One `monitor` run in the experiment: per-language metrics of the monitor report, the report files as
+    artifacts, the flagged languages as a tag. Returns the run id."""
+    import mlflow
+
+    client = connect(root, settings)
+    metrics = {"rows": report["rows"], "flagged_languages": len(report["flagged_languages"])}
+    for lang, entry in report["languages"].items():
+        metrics.update(numeric_metrics({key: entry[key] for key in ("rows", "answered", "labels", "confidence",
+                                                                      "shadow") if key in entry}, f"{lang}."))
+        metrics[f"{lang}.flagged"] = float(entry["flagged"])
+        metrics.update({f"{lang}.drift.{feature}.ks": result["ks_statistic"]
+                        for feature, result in entry.get("drift", {}).items()})
+    with mlflow.start_run(experiment_id=experiment_id(client, settings["experiment"]), run_name="monitor",
+                          tags={"stage": "monitor", "flagged": ",".join(report["flagged_languages"]) or "none"}) as run:
+        mlflow.log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(str(path))
+        return run.info.run_id

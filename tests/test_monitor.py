@@ -1,0 +1,148 @@
+"""Monitoring of served traffic: the inference log (WAL, concurrent writers), text features, drift tests and the
+report. Thresholds come from params.yaml `monitor`."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from harness import REPO_ROOT
+from race_workers import append_to_inference_log
+from transformers import AutoTokenizer
+
+from polydistill.config import load_params
+from polydistill.ops.inference_log import FEATURES, InferenceLog, read_log, text_features, unknown_shares
+from polydistill.ops.monitor import MonitorSettings, monitor_traffic, served_versions
+from polydistill.ops.monitor_report import write_report
+
+LABELS = ["negative", "positive"]
+LANGUAGES = ["en", "zh"]  # the fixture languages with enough held-out rows for min_rows
+
+
+@pytest.fixture(scope="module")
+def settings() -> MonitorSettings:
+    return MonitorSettings.from_params(load_params(REPO_ROOT / "params.yaml")["monitor"])
+
+
+@pytest.fixture(scope="module")
+def halves() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fixture corpus split in two at random: a training split and held-out rows."""
+    corpus = pd.read_json(REPO_ROOT / "tests/fixtures/corpus.jsonl", lines=True)
+    held_out = np.random.default_rng(0).random(len(corpus)) < 0.5
+    return corpus[~held_out].reset_index(drop=True), corpus[held_out].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tiny_students: dict[str, Path]) -> dict[str, object]:
+    return {lang: AutoTokenizer.from_pretrained(tiny_students["en"]) for lang in LANGUAGES}
+
+
+def log_answers(path: Path, rows: pd.DataFrame, tokenizers: dict, keep_text: bool = False) -> pd.DataFrame:
+    """Record rows (text, lang, label) as the router's answers, as one request per language; read the log back."""
+    log = InferenceLog(path, keep_text)
+    for lang, group in rows.groupby("lang"):
+        answers = [{"lang": lang, "status": "ok", "label": label, "score": 0.8, "student_version": "3"}
+                   for label in group["label"]]
+        log.record(group["text"].tolist(), answers, tokenizers)
+    return read_log(path)
+
+
+def test_text_features_count_scripts_and_unknown_pieces(tokenizers: dict) -> None:
+    features = text_features("Hotel 很好!", unknown_share=None)
+    assert features == {"chars": 9, "latin_share": 5 / 7, "han_share": 2 / 7, "other_script_share": 0.0,
+                        "unknown_share": None}
+    assert text_features("123 !", None)["latin_share"] == 0.0
+    assert text_features("Фильм", None)["other_script_share"] == 1.0
+    seen, unseen = unknown_shares(tokenizers["en"], ["The film was good", "Ѐѓї ԱԲԳ ⴰⴱⴳ"])
+    assert seen == 0.0 and unseen >= 0.5  # every letter run unknown; the word-boundary pieces are known
+
+
+def test_the_log_keeps_a_hash_and_text_only_when_allowed(tmp_path: Path, halves: tuple, tokenizers: dict) -> None:
+    rows = halves[1][halves[1]["lang"] == "en"].head(5)
+    hashed = log_answers(tmp_path / "hashed.db", rows, tokenizers)
+    assert hashed["text"].isna().all() and hashed["text_sha256"].str.len().eq(64).all()
+    assert set(FEATURES) <= set(hashed.columns) and hashed["request_id"].nunique() == 1
+    kept = log_answers(tmp_path / "kept.db", rows, tokenizers, keep_text=True)
+    assert kept["text"].tolist() == rows["text"].tolist()
+    assert served_versions(kept) == {"en": "3"}
+
+
+def test_concurrent_server_workers_all_land_in_the_wal_log(tmp_path: Path) -> None:
+    path, workers, requests, rows = tmp_path / "inference.db", 4, 25, 8
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers, timeout=120)
+    processes = [context.Process(target=append_to_inference_log, args=(str(path), worker, requests, rows, barrier))
+                 for worker in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+        assert process.exitcode == 0
+    assert len(read_log(path)) == workers * requests * rows
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_held_out_rows_are_not_flagged_over_random_draws(tmp_path: Path, halves: tuple, tokenizers: dict,
+                                                         settings: MonitorSettings) -> None:
+    train, held_out = halves
+    for draw in range(10):
+        rows = pd.concat([group.sample(n=settings.min_rows + 10, random_state=draw)
+                          for _, group in held_out[held_out["lang"].isin(LANGUAGES)].groupby("lang")])
+        log = log_answers(tmp_path / f"draw{draw}.db", rows, tokenizers)
+        report = monitor_traffic(log, train, tokenizers, None, LANGUAGES, LABELS, settings)
+        assert all(report["languages"][lang]["tested"] for lang in LANGUAGES)
+        assert report["flagged_languages"] == [], (draw, {lang: entry["reasons"]
+                                                          for lang, entry in report["languages"].items()})
+        assert not report["trigger"]
+
+
+def test_a_drifted_stream_is_flagged_and_triggers(tmp_path: Path, halves: tuple, tokenizers: dict,
+                                                  settings: MonitorSettings) -> None:
+    train, held_out = halves
+    english = held_out[held_out["lang"] == "en"].head(settings.min_rows + 10)
+    chinese_as_english = held_out[held_out["lang"] == "zh"].head(settings.min_rows + 10).assign(lang="en")
+    drifted = pd.concat([english, chinese_as_english])  # half the "en" traffic is Chinese text
+    log = log_answers(tmp_path / "drifted.db", drifted, tokenizers)
+    report = monitor_traffic(log, train, tokenizers, None, LANGUAGES, LABELS, settings)
+    entry = report["languages"]["en"]
+    assert entry["drift"]["han_share"]["drifted"] and entry["drift"]["latin_share"]["drifted"]
+    assert report["flagged_languages"] == ["en"] and report["trigger"] == (settings.trigger_languages == 1)
+    assert report["languages"]["zh"] == {"rows": 0, "tested": False, "flagged": False, "reasons": ["no logged rows"]}
+
+
+def test_a_label_shift_is_flagged_and_too_few_rows_are_not_tested(tmp_path: Path, halves: tuple, tokenizers: dict,
+                                                                  settings: MonitorSettings) -> None:
+    train, held_out = halves
+    english = held_out[held_out["lang"] == "en"].head(settings.min_rows + 10).assign(label="positive")
+    few = held_out[held_out["lang"] == "zh"].head(settings.min_rows - 1)
+    log = log_answers(tmp_path / "shift.db", pd.concat([english, few]), tokenizers)
+    report = monitor_traffic(log, train, tokenizers, None, LANGUAGES, LABELS, settings)
+    labels = report["languages"]["en"]["labels"]
+    assert labels["drifted"] and labels["served"]["positive"] == 1.0
+    assert not any(result["drifted"] for result in report["languages"]["en"]["drift"].values())
+    assert not report["languages"]["zh"]["tested"] and "fewer than min_rows" in report["languages"]["zh"]["reasons"][0]
+
+
+def test_shadow_teacher_disagreement_is_measured_on_logged_text(tmp_path: Path, halves: tuple, tokenizers: dict,
+                                                                settings: MonitorSettings) -> None:
+    train, held_out = halves
+    rows = held_out[held_out["lang"] == "en"].head(settings.min_rows + 10)
+
+    def contrary_teacher(lang: str, texts: list[str]) -> np.ndarray:
+        """Gives every logged text the other label than the student did."""
+        served = dict(zip(rows["text"], rows["label"], strict=True))
+        return np.array([[0.0, 1.0] if served[text] == "negative" else [1.0, 0.0] for text in texts])
+
+    hashed = monitor_traffic(log_answers(tmp_path / "hashed.db", rows, tokenizers), train, tokenizers,
+                             contrary_teacher, LANGUAGES, LABELS, settings)
+    assert hashed["languages"]["en"]["shadow"]["disagreement"] is None
+    report = monitor_traffic(log_answers(tmp_path / "kept.db", rows, tokenizers, keep_text=True), train, tokenizers,
+                             contrary_teacher, LANGUAGES, LABELS, settings)
+    assert report["languages"]["en"]["shadow"] == {"rows": len(rows), "disagreement": 1.0}
+    assert report["flagged_languages"] == ["en"]
+    html, json_file = write_report({**report, "window": "the whole log"}, tmp_path / "reports/monitor.html")
+    assert "FLAGGED" in html.read_text() and json_file.exists()
