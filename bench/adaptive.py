@@ -4,20 +4,23 @@ For each language and each (alpha, T) of a small grid, the default student is di
 CE-only student does not read alpha or T, so it is trained once per seed). The choice per language is the grid point
 with the best validation macro-F1 averaged over seeds (ties: the shared default, then the grid order); test is
 reported beside it and never read by the choice. The chosen values go to params.yaml `distill.per_language` by hand,
-so the default run trains each student once.
+so the default run trains each student once. Languages can be searched one run at a time (`--languages`): the stored
+results of the other languages are kept when they were measured with the same grid, seeds and epochs.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from bench.common import REPO_ROOT, load_project_params, require
+from bench.common import REPO_ROOT, RESULTS_DIR, load_project_params, require
 from bench.seeds import pipeline_paths
 from polydistill.model.distill import distill_language
 from polydistill.model.runtime import probabilities_from_model
@@ -86,7 +89,26 @@ def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
                                for seed in range(base_seed, base_seed + sizes["seeds"])]
                        for point in sorted(sizes["grid"], key=lambda point: point == default)}  # default last
         results[lang] = adaptive_choice(predictions, gold, default)
-    return summarise(results, default, sizes)
+    results = {**stored_results(sizes), **results}
+    order = params["data"]["languages"]
+    results = dict(sorted(results.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+    return summarise(results, default, {**sizes, "languages": list(results)})
+
+
+def stored_results(sizes: dict[str, Any], path: Path = RESULTS_DIR / "adaptive.json") -> dict[str, dict[str, Any]]:
+    """Per-language results of an earlier run of this benchmark measured with the same grid, seeds and epochs."""
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    same = all(stored["config"][name] == [list(point) for point in sizes["grid"]] if name == "grid"
+               else stored["config"][name] == sizes[name] for name in ("grid", "seeds", "epochs"))
+    if not same:
+        return {}
+    return {lang: {"chosen": tuple(result["chosen"]),
+                   "scores": {split: {tuple(float(value) for value in point.split(",")): values
+                                      for point, values in by_point.items()}
+                              for split, by_point in result["scores"].items()}}
+            for lang, result in stored["results"].items()}
 
 
 def summarise(results: dict[str, dict[str, Any]], default: Point, sizes: dict[str, Any]) -> dict[str, Any]:
