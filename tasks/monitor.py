@@ -22,6 +22,7 @@ def monitor_report_task(root: Path, params: dict[str, Any]) -> dict:
     from polydistill.model.soft_labels import SoftLabelSettings
     from polydistill.ops.monitor import MonitorSettings, monitor_traffic, read_window, served_versions
     from polydistill.ops.monitor_report import summary_rows
+    from polydistill.ops.router import language_detector
     from polydistill.ops.serving import student_tokenizers
 
     settings = MonitorSettings.from_params(params["monitor"])
@@ -30,8 +31,9 @@ def monitor_report_task(root: Path, params: dict[str, Any]) -> dict:
     teacher = ShadowTeacher(root / "models/teacher", root / "models/tfidf", root / "data/soft_labels",
                             SoftLabelSettings.from_params(params["soft_labels"]))
     train = pd.read_parquet(root / "data/prepared/train.parquet")
-    report = monitor_traffic(log, train, tokenizers, teacher, params["data"]["languages"], params["data"]["labels"],
-                             settings)
+    languages = params["data"]["languages"]
+    report = monitor_traffic(log, train, tokenizers, language_detector(languages), teacher, languages,
+                             params["data"]["labels"], settings)
     report["window"] = window
     logger = get_run_logger()
     for lang, entry in report["languages"].items():
@@ -66,7 +68,14 @@ def log_monitor_task(root: Path, settings: dict[str, Any], report: dict, files: 
 def trigger_pipeline_task(deployment: str, flagged: list[str]) -> str:
     """Start a run of the pipeline deployment (needs the Prefect server that serves it); returns the flow run id."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
-    run = run_deployment(deployment, timeout=0, tags=["monitor-trigger"])
+    try:
+        run = run_deployment(deployment, timeout=0, tags=["monitor-trigger"])
+    except ObjectNotFound:
+        api = PREFECT_API_URL.value() or "a temporary server"
+        raise LookupError(f"no deployment {deployment} on the Prefect API ({api}): serve it with `polydistill "
+                          "schedule` against a Prefect server and point PREFECT_API_URL at that server") from None
     get_run_logger().warning("flagged %s: started %s (flow run %s)", ", ".join(flagged), deployment, run.id)
     return str(run.id)

@@ -45,4 +45,4 @@ def append_to_inference_log(path: str, worker: int, requests: int, rows_per_requ
         texts = [f"worker {worker} request {request} row {row}" for row in range(rows_per_request)]
         answers = [{"lang": "en", "status": "ok", "label": "positive", "score": 0.9, "student_version": "1"}
                    for _ in texts]
-        log.record(texts, answers, {})
+        log.record(texts, answers, {}, detector=None)  # no student tokenizers: no features need one

@@ -11,16 +11,27 @@ import numpy as np
 import pandas as pd
 import pytest
 from harness import REPO_ROOT
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from race_workers import append_to_inference_log
 from transformers import AutoTokenizer
 
 from polydistill.config import load_params
-from polydistill.ops.inference_log import FEATURES, InferenceLog, read_log, text_features, unknown_shares
+from polydistill.ops.inference_log import (
+    FEATURES,
+    InferenceLog,
+    language_confidences,
+    read_log,
+    text_features,
+    unknown_shares,
+)
 from polydistill.ops.monitor import MonitorSettings, monitor_traffic, served_versions
 from polydistill.ops.monitor_report import write_report
+from polydistill.ops.router import language_detector
+from tasks.monitor import trigger_pipeline_task
 
 LABELS = ["negative", "positive"]
 LANGUAGES = ["en", "zh"]  # the fixture languages with enough held-out rows for min_rows
+DETECTOR = language_detector(["en", "sl", "zh"])
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +58,21 @@ def log_answers(path: Path, rows: pd.DataFrame, tokenizers: dict, keep_text: boo
     for lang, group in rows.groupby("lang"):
         answers = [{"lang": lang, "status": "ok", "label": label, "score": 0.8, "student_version": "3"}
                    for label in group["label"]]
-        log.record(group["text"].tolist(), answers, tokenizers)
+        log.record(group["text"].tolist(), answers, tokenizers, DETECTOR)
     return read_log(path)
 
 
-def test_text_features_count_scripts_and_unknown_pieces(tokenizers: dict) -> None:
-    features = text_features("Hotel 很好!", unknown_share=None)
+def test_text_features_count_scripts_unknown_pieces_and_language_confidence(tokenizers: dict) -> None:
+    features = text_features("Hotel 很好!", unknown_share=None, lang_confidence=None)
     assert features == {"chars": 9, "latin_share": 5 / 7, "han_share": 2 / 7, "other_script_share": 0.0,
-                        "unknown_share": None}
-    assert text_features("123 !", None)["latin_share"] == 0.0
-    assert text_features("Фильм", None)["other_script_share"] == 1.0
+                        "unknown_share": None, "lang_confidence": None}
+    assert text_features("123 !", None, None)["latin_share"] == 0.0
+    assert text_features("Фильм", None, None)["other_script_share"] == 1.0
     seen, unseen = unknown_shares(tokenizers["en"], ["The film was good", "Ѐѓї ԱԲԳ ⴰⴱⴳ"])
     assert seen == 0.0 and unseen >= 0.5  # every letter run unknown; the word-boundary pieces are known
+    english, slovene = language_confidences(DETECTOR, ["The film was really good, I loved it.",
+                                                       "Film je bil res dober, priporočam ga."], "sl")
+    assert english < 0.1 < 0.9 < slovene
 
 
 def test_the_log_keeps_a_hash_and_text_only_when_allowed(tmp_path: Path, halves: tuple, tokenizers: dict) -> None:
@@ -93,7 +107,7 @@ def test_held_out_rows_are_not_flagged_over_random_draws(tmp_path: Path, halves:
         rows = pd.concat([group.sample(n=settings.min_rows + 10, random_state=draw)
                           for _, group in held_out[held_out["lang"].isin(LANGUAGES)].groupby("lang")])
         log = log_answers(tmp_path / f"draw{draw}.db", rows, tokenizers)
-        report = monitor_traffic(log, train, tokenizers, None, LANGUAGES, LABELS, settings)
+        report = monitor_traffic(log, train, tokenizers, DETECTOR, None, LANGUAGES, LABELS, settings)
         assert all(report["languages"][lang]["tested"] for lang in LANGUAGES)
         assert report["flagged_languages"] == [], (draw, {lang: entry["reasons"]
                                                           for lang, entry in report["languages"].items()})
@@ -107,11 +121,24 @@ def test_a_drifted_stream_is_flagged_and_triggers(tmp_path: Path, halves: tuple,
     chinese_as_english = held_out[held_out["lang"] == "zh"].head(settings.min_rows + 10).assign(lang="en")
     drifted = pd.concat([english, chinese_as_english])  # half the "en" traffic is Chinese text
     log = log_answers(tmp_path / "drifted.db", drifted, tokenizers)
-    report = monitor_traffic(log, train, tokenizers, None, LANGUAGES, LABELS, settings)
+    report = monitor_traffic(log, train, tokenizers, DETECTOR, None, LANGUAGES, LABELS, settings)
     entry = report["languages"]["en"]
     assert entry["drift"]["han_share"]["drifted"] and entry["drift"]["latin_share"]["drifted"]
     assert report["flagged_languages"] == ["en"] and report["trigger"] == (settings.trigger_languages == 1)
     assert report["languages"]["zh"] == {"rows": 0, "tested": False, "flagged": False, "reasons": ["no logged rows"]}
+
+
+def test_text_sent_with_a_wrong_lang_is_flagged(tmp_path: Path, halves: tuple, tokenizers: dict,
+                                                settings: MonitorSettings) -> None:
+    train, held_out = halves
+    english_as_slovene = held_out[held_out["lang"] == "en"].head(settings.min_rows + 10).assign(lang="sl")
+    log = log_answers(tmp_path / "wrong-lang.db", english_as_slovene, tokenizers | {"sl": tokenizers["en"]})
+    report = monitor_traffic(log, train, tokenizers | {"sl": tokenizers["en"]}, DETECTOR, None, ["en", "sl", "zh"],
+                             LABELS, settings)
+    drift = report["languages"]["sl"]["drift"]
+    assert drift["lang_confidence"]["drifted"] and drift["lang_confidence"]["served_mean"] < 0.2
+    assert not drift["latin_share"]["drifted"] and not drift["han_share"]["drifted"]
+    assert report["flagged_languages"] == ["sl"]
 
 
 def test_a_label_shift_is_flagged_and_too_few_rows_are_not_tested(tmp_path: Path, halves: tuple, tokenizers: dict,
@@ -120,7 +147,7 @@ def test_a_label_shift_is_flagged_and_too_few_rows_are_not_tested(tmp_path: Path
     english = held_out[held_out["lang"] == "en"].head(settings.min_rows + 10).assign(label="positive")
     few = held_out[held_out["lang"] == "zh"].head(settings.min_rows - 1)
     log = log_answers(tmp_path / "shift.db", pd.concat([english, few]), tokenizers)
-    report = monitor_traffic(log, train, tokenizers, None, LANGUAGES, LABELS, settings)
+    report = monitor_traffic(log, train, tokenizers, DETECTOR, None, LANGUAGES, LABELS, settings)
     labels = report["languages"]["en"]["labels"]
     assert labels["drifted"] and labels["served"]["positive"] == 1.0
     assert not any(result["drifted"] for result in report["languages"]["en"]["drift"].values())
@@ -137,12 +164,19 @@ def test_shadow_teacher_disagreement_is_measured_on_logged_text(tmp_path: Path, 
         served = dict(zip(rows["text"], rows["label"], strict=True))
         return np.array([[0.0, 1.0] if served[text] == "negative" else [1.0, 0.0] for text in texts])
 
-    hashed = monitor_traffic(log_answers(tmp_path / "hashed.db", rows, tokenizers), train, tokenizers,
+    hashed = monitor_traffic(log_answers(tmp_path / "hashed.db", rows, tokenizers), train, tokenizers, DETECTOR,
                              contrary_teacher, LANGUAGES, LABELS, settings)
     assert hashed["languages"]["en"]["shadow"]["disagreement"] is None
     report = monitor_traffic(log_answers(tmp_path / "kept.db", rows, tokenizers, keep_text=True), train, tokenizers,
-                             contrary_teacher, LANGUAGES, LABELS, settings)
+                             DETECTOR, contrary_teacher, LANGUAGES, LABELS, settings)
     assert report["languages"]["en"]["shadow"] == {"rows": len(rows), "disagreement": 1.0}
     assert report["flagged_languages"] == ["en"]
     html, json_file = write_report({**report, "window": "the whole log"}, tmp_path / "reports/monitor.html")
     assert "FLAGGED" in html.read_text() and json_file.exists()
+
+
+def test_a_trigger_without_the_served_deployment_says_how_to_serve_it(prefect_server: str) -> None:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}), \
+            pytest.raises(LookupError, match=f"no deployment polydistill-pipeline/nowhere on the Prefect API "
+                                             f"\\({prefect_server}\\): serve it with `polydistill schedule`"):
+        trigger_pipeline_task.fn("polydistill-pipeline/nowhere", ["en"])

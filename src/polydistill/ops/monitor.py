@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chisquare, ks_2samp
 
-from polydistill.ops.inference_log import FEATURES, read_log, text_features, unknown_shares
+from polydistill.ops.inference_log import FEATURES, language_confidences, read_log, text_features, unknown_shares
 
 TeacherScorer = Callable[[str, list[str]], np.ndarray]  # (lang, texts) -> probabilities [N, K]
 
@@ -73,10 +73,11 @@ def served_versions(log: pd.DataFrame) -> dict[str, str]:
     return {str(lang): str(rows["student_version"].iloc[-1]) for lang, rows in answered.groupby("lang")}
 
 
-def reference_features(texts: list[str], tokenizer: Any) -> pd.DataFrame:
-    """The logged features of training texts, the unknown-piece share from the served student's tokenizer."""
-    shares = unknown_shares(tokenizer, texts)
-    return pd.DataFrame([text_features(text, share) for text, share in zip(texts, shares, strict=True)])
+def reference_features(texts: list[str], lang: str, tokenizer: Any, detector: Any) -> pd.DataFrame:
+    """The logged features of training texts: the unknown-piece share from the served student's tokenizer, the
+    language confidence from the router's detector."""
+    rows = zip(texts, unknown_shares(tokenizer, texts), language_confidences(detector, texts, lang), strict=True)
+    return pd.DataFrame([text_features(text, unknown, confidence) for text, unknown, confidence in rows])
 
 
 def drift_test_level(settings: MonitorSettings) -> float:
@@ -162,12 +163,13 @@ def language_report(lang: str, rows: pd.DataFrame, training: pd.DataFrame, refer
     return report
 
 
-def monitor_traffic(log: pd.DataFrame, train: pd.DataFrame, tokenizers: Mapping[str, Any],
+def monitor_traffic(log: pd.DataFrame, train: pd.DataFrame, tokenizers: Mapping[str, Any], detector: Any,
                     scorer: TeacherScorer | None, languages: list[str], labels: list[str],
                     settings: MonitorSettings) -> dict[str, Any]:
     """The monitor report over logged rows: per configured language, and the rows no language was given for.
 
-    `tokenizers`: each served language's student tokenizer (the reference features are computed with it).
+    `tokenizers`: each served language's student tokenizer, `detector`: the router's language detector (the
+    reference features are computed with them).
     """
     unanswered = log[log["status"] != "ok"]["status"].value_counts().to_dict()
     report: dict[str, Any] = {"settings": asdict(settings), "rows": len(log), "unanswered": unanswered,
@@ -180,7 +182,7 @@ def monitor_traffic(log: pd.DataFrame, train: pd.DataFrame, tokenizers: Mapping[
             continue
         training = train[train["lang"] == lang]
         sample = training.sample(n=min(settings.reference_rows, len(training)), random_state=settings.seed)
-        reference = reference_features(sample["text"].tolist(), tokenizers[lang])
+        reference = reference_features(sample["text"].tolist(), lang, tokenizers[lang], detector)
         report["languages"][lang] = language_report(lang, rows, training, reference, scorer, labels, settings)
     report["flagged_languages"] = [lang for lang, entry in report["languages"].items() if entry["flagged"]]
     report["trigger"] = 0 < settings.trigger_languages <= len(report["flagged_languages"])

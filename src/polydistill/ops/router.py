@@ -164,7 +164,8 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
         output.loc[frame["status"] != "ok", "student_version"] = None
         if self.inference_log is not None:
             self.inference_log.record(frame["text"].tolist(), output.to_dict("records"),
-                                      {lang: student.tokenizer for lang, student in self.students.items()})
+                                      {lang: student.tokenizer for lang, student in self.students.items()},
+                                      self.detector)
         return output
 
     def classify(self, lang: str, texts: list[str]) -> tuple[list[str], list[float]]:
