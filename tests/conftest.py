@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +241,20 @@ def biased_copy(student: Path, destination: Path, label: str) -> Path:
 
 def load_project_params(root: Path) -> dict:
     return yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+
+
+async def wait_for_deployment(name: str, server: subprocess.Popen, log_path: Path, timeout: float = 120) -> dict:
+    """The served deployment once the server knows it (its schedules included)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            assert server.poll() is None, log_path.read_text()
+            try:
+                deployment = await client.read_deployment_by_name(name)
+                return {"id": deployment.id, "crons": [item.schedule.cron for item in deployment.schedules]}
+            except ObjectNotFound:  # not registered yet
+                await asyncio.sleep(1)
+    raise AssertionError(f"deployment {name} never appeared: {log_path.read_text()}")

@@ -3,13 +3,19 @@ report. Thresholds come from params.yaml `monitor`."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_for_deployment
 from harness import REPO_ROOT
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from race_workers import append_to_inference_log
@@ -180,3 +186,21 @@ def test_a_trigger_without_the_served_deployment_says_how_to_serve_it(prefect_se
             pytest.raises(LookupError, match=f"no deployment polydistill-pipeline/nowhere on the Prefect API "
                                              f"\\({prefect_server}\\): serve it with `polydistill schedule`"):
         trigger_pipeline_task.fn("polydistill-pipeline/nowhere", ["en"])
+
+
+@pytest.mark.slow
+def test_the_monitor_is_served_as_a_deployment_with_its_cron(tmp_path: Path, prefect_server: str) -> None:
+    schedule = load_params(REPO_ROOT / "params.yaml")["monitor"]["schedule"]
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "flows.monitor", "serve"], cwd=REPO_ROOT,
+                                  env={**os.environ, "POLYDISTILL_ROOT": str(REPO_ROOT),
+                                       "PREFECT_API_URL": prefect_server},
+                                  stdout=log, stderr=log, start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+            deployment = asyncio.run(wait_for_deployment(f"monitor/{schedule['deployment']}", server, log_path))
+        assert deployment["crons"] == [schedule["cron"]]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

@@ -23,31 +23,16 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from conftest import load_project_params, pipeline_environment, registry_settings, write_params
+from conftest import load_project_params, pipeline_environment, registry_settings, wait_for_deployment, write_params
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from polydistill.ops import inference_log, registry, serving, tracking
 
 DEPLOYMENT = "polydistill-pipeline/nightly"
 LANGUAGES = ("en", "sl", "zh")
-
-
-async def wait_for_deployment(name: str, server: subprocess.Popen, log_path: Path, timeout: float = 120) -> dict:
-    """The served deployment once the server knows it (its schedules included)."""
-    deadline = time.monotonic() + timeout
-    async with get_client() as client:
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                deployment = await client.read_deployment_by_name(name)
-                return {"id": deployment.id, "crons": [item.schedule.cron for item in deployment.schedules]}
-            except ObjectNotFound:  # not registered yet
-                await asyncio.sleep(1)
-    raise AssertionError(f"deployment {name} never appeared: {log_path.read_text()}")
 
 
 def registry_state(root: Path) -> dict[str, tuple[str, list[str]]]:
