@@ -258,3 +258,10 @@ async def wait_for_deployment(name: str, server: subprocess.Popen, log_path: Pat
             except ObjectNotFound:  # not registered yet
                 await asyncio.sleep(1)
     raise AssertionError(f"deployment {name} never appeared: {log_path.read_text()}")
+
+
+def commit_workspace(root: Path) -> None:
+    """Commit the repository copy (dvc exp run needs a commit to branch experiments from)."""
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=polydistill tests", "-c", "user.email=tests@localhost", "commit", "-qm",
+                    "pipeline run"], cwd=root, check=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import locked_outputs, run_dvc, write_params
+from conftest import commit_workspace, locked_outputs, run_dvc, write_params
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from polydistill.durable import is_complete, retired_path
@@ -153,13 +152,6 @@ def assert_killed_stages_resume_to_the_same_outputs(root: Path) -> None:
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert locked_outputs(root) == before
     assert "up to date" in run_dvc(root, "status").stdout
-
-
-def commit_workspace(root: Path) -> None:
-    """Commit the repository copy (dvc exp run needs a commit to branch experiments from)."""
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.name=polydistill tests", "-c", "user.email=tests@localhost", "commit", "-qm",
-                    "pipeline run"], cwd=root, check=True)
 
 
 def test_failed_validation_stops_the_pipeline(repo_copy: Path) -> None:

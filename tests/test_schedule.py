@@ -1,10 +1,12 @@
 """The whole pipeline as a scheduled Prefect deployment on a real Prefect server, on the fixture corpus.
 
-One test, in one repository copy: the first run of the deployment (tiny teacher, fixture corpus) goes through every
-DVC stage and registers champions. Then the champion router answers drifted traffic with the inference log on, and
-the monitor flow reports it, logs an MLflow run and starts a run of the deployment (the pipeline is up to date: it
-completes without training). Last, the corpus is made invalid and a run must fail with the validation message while
-the registry stays exactly as it was.
+One test, in one repository copy with a local DVC remote: the first run of the deployment (tiny teacher, fixture
+corpus) goes through every DVC stage, registers champions and pushes the outputs. Then the champion router answers
+drifted traffic with the inference log on, and the monitor flow reports it, logs an MLflow run and starts a run of
+the deployment (the pipeline is up to date: it completes without training). A git clone with an empty DVC cache
+pulls, and its `dvc repro` runs the register stage only (its summary is not cached, and its registry is the
+clone's own). Last, the corpus is made invalid and a run must fail with the validation message while the registry
+stays exactly as it was.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +26,15 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from conftest import load_project_params, pipeline_environment, registry_settings, wait_for_deployment, write_params
+from conftest import (
+    commit_workspace,
+    load_project_params,
+    pipeline_environment,
+    registry_settings,
+    run_dvc,
+    wait_for_deployment,
+    write_params,
+)
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
@@ -79,6 +90,21 @@ def monitor_drifted_traffic(root: Path, params: dict, monkeypatch: pytest.Monkey
     return report
 
 
+def assert_a_clone_pulls_and_reruns_only_register(root: Path) -> None:
+    """git clone of the committed copy, `dvc pull` from its remote, then `dvc repro`: only register runs."""
+    commit_workspace(root)
+    clone = root.parent / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    pulled = run_dvc(clone, "pull")
+    assert pulled.returncode == 0, pulled.stdout[-3000:] + pulled.stderr[-3000:]
+    stale = json.loads(run_dvc(clone, "status", "--json").stdout)
+    assert set(stale) == {"register"}, stale  # metrics/registry.json: cache: false and not in git
+    repro = run_dvc(clone, "repro")
+    assert repro.returncode == 0, repro.stdout[-5000:] + repro.stderr[-5000:]
+    assert re.findall(r"Running stage '([^']+)'", repro.stdout) == ["register"], repro.stdout[-3000:]
+    assert "up to date" in run_dvc(clone, "status").stdout
+
+
 async def wait_for_flow_run(flow_run_id: str, timeout: float = 600) -> Any:
     """The flow run once it reached a final state."""
     deadline = time.monotonic() + timeout
@@ -101,6 +127,9 @@ def test_scheduled_deployment_runs_the_pipeline_and_a_failed_validation_leaves_t
                                                          "min_retention": 0.0}}
     params["schedule"] = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["schedule"]
     write_params(repo_copy, params)
+
+    remote = repo_copy.parent / "dvc-remote"
+    assert run_dvc(repo_copy, "remote", "add", "--default", "shared", str(remote)).returncode == 0
 
     log_path = repo_copy / "serve.log"
     with open(log_path, "w") as log:
@@ -125,6 +154,9 @@ def test_scheduled_deployment_runs_the_pipeline_and_a_failed_validation_leaves_t
             assert triggered.deployment_id == deployment["id"] and "monitor-trigger" in triggered.tags
             assert triggered.state.is_completed(), triggered.state.message
             assert registry_state(repo_copy) == before
+
+            assert any(path.is_file() for path in remote.rglob("*")), "the pipeline flow pushed nothing"
+            assert_a_clone_pulls_and_reruns_only_register(repo_copy)
 
             make_corpus_invalid(repo_copy)
             second = run_deployment(DEPLOYMENT, timeout=600)
