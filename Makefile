@@ -18,13 +18,13 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # dvc.yaml's stage commands call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-fast chaos clean bench bench-quick
+.PHONY: setup run test test-fast chaos clean bench bench-quick mlflow-server
 
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[test,bench]"
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[test,bench,server]"
 	test -d .dvc || $(BIN)/dvc init --quiet
 	touch $(STAMP)
 
@@ -40,6 +40,10 @@ test-fast: setup
 # kill -9 of real stages on the real default corpus, then dvc repro -f (needs a finished `make run`; long)
 chaos: setup
 	$(BIN)/python -m pytest -m chaos tests/test_chaos.py
+
+# MLflow on PostgreSQL (pgserver) at http://127.0.0.1:5050; then export MLFLOW_TRACKING_URI=http://127.0.0.1:5050
+mlflow-server: setup
+	$(BIN)/polydistill tracking start
 
 clean:
 	rm -rf $(VENV)

@@ -1,5 +1,5 @@
 """The `polydistill` command line: run the pipeline, predict, explain, promote/rollback, status, serve, monitor,
-schedule, MLflow UI.
+schedule, MLflow UI, an MLflow tracking server on PostgreSQL.
 
 Commands act on the project in POLYDISTILL_ROOT, else the current directory (its params.yaml, mlflow.db, flows/).
 """
@@ -283,6 +283,31 @@ def schedule() -> None:
     """
     root, _ = project()
     run_module(root, "flows.pipeline", "serve")
+
+
+tracking_app = typer.Typer(help="MLflow on a tracking server backed by PostgreSQL (params.yaml tracking_server).",
+                           no_args_is_help=True)
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("start")
+def tracking_start(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (default: tracking_server.port).")] = 0
+                   ) -> None:
+    """Run PostgreSQL and `mlflow server` until interrupted; prints the MLFLOW_TRACKING_URI to use."""
+    import signal
+
+    from polydistill.ops.tracking_server import TrackingServerSettings, tracking_server
+
+    root, params = project()
+    settings = TrackingServerSettings.from_params({**params["tracking_server"], **({"port": port} if port else {})})
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops both servers as Ctrl-C does
+    with tracking_server(root, settings) as server:
+        typer.echo(f"export MLFLOW_TRACKING_URI={server.url}    # in the shells that run the pipeline or serve",
+                   err=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            typer.echo("stopping the tracking server and PostgreSQL", err=True)
 
 
 @app.command()
