@@ -265,3 +265,15 @@ def commit_workspace(root: Path) -> None:
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(["git", "-c", "user.name=polydistill tests", "-c", "user.email=tests@localhost", "commit", "-qm",
                     "pipeline run"], cwd=root, check=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """PostgreSQL and `mlflow server` on a free port, data and artifacts in a temporary folder (one per module)."""
+    from polydistill.ops.tracking_server import TrackingServerSettings, tracking_server
+
+    section = load_project_params(REPO_ROOT)["tracking_server"]
+    settings = TrackingServerSettings.from_params({**section, "port": free_port(),
+                                                   "data_dir": str(tmp_path_factory.mktemp("tracking"))})
+    with tracking_server(REPO_ROOT, settings) as server:
+        yield server.url

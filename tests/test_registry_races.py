@@ -28,15 +28,21 @@ def history_is_consistent(client: MlflowClient, promoted: int) -> bool:
         len(history) == 1 + promoted
 
 
-@pytest.mark.parametrize("use_lock", [True, False], ids=["with-lock", "without-lock"])
+@pytest.mark.parametrize(("use_lock", "backend"), [
+    (True, "sqlite"), (False, "sqlite"), pytest.param(True, "tracking server", marks=pytest.mark.slow)],
+    ids=["with-lock", "without-lock", "with-lock-on-a-postgres-tracking-server"])
 def test_two_promotions_of_one_language_at_once(registry_project: Path, tiny_students: dict[str, Path],
-                                                 use_lock: bool) -> None:
+                                                 use_lock: bool, backend: str, request: pytest.FixtureRequest,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """v1 (champion, weak), v2 (right on every row) and v3 (v1's answers, other weights) are promoted at once.
     With the lock every promotion is gated against the champions before it; without it both pass against the stale
     champion v1 and one of them is lost from the history: the check below catches that."""
     root, params = registry_project, load_project_params(registry_project)
     params["data"]["languages"] = ["en"]
     settings = params["registry"]
+    if backend == "tracking server":
+        settings["tracking_uri"] = request.getfixturevalue("tracking_url")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", settings["tracking_uri"])  # the spawned workers inherit it
     settings["gate"].update(min_macro_f1=0.0, min_retention=0.0)
     original = shutil.copytree(root / "models/students/en/kd", root / "original-en")
     weak = least_predicted_label(original, "en")

@@ -6,28 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import REGISTRY_LANGUAGES, VENV_BIN, free_port, prepare_registry_workspace, wait_for_http, write_params
-from harness import REPO_ROOT
 from mlflow import MlflowClient
 from test_router import EXPECTED_LANGS, MIXED, post
 
-from polydistill.config import load_params
 from polydistill.ops import pipeline_run, promotion, serving
-from polydistill.ops.tracking_server import TrackingServerSettings, tracking_server
-
-
-@pytest.fixture(scope="module")
-def tracking_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """PostgreSQL and `mlflow server` on a free port, data and artifacts in a temporary folder."""
-    section = load_params(REPO_ROOT / "params.yaml")["tracking_server"]
-    settings = TrackingServerSettings.from_params({**section, "port": free_port(),
-                                                   "data_dir": str(tmp_path_factory.mktemp("tracking"))})
-    with tracking_server(REPO_ROOT, settings) as server:
-        yield server.url
 
 
 @pytest.mark.slow
