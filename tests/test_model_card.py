@@ -42,7 +42,7 @@ def facts(kd: float = 0.85, tfidf: float = 0.80, test_rows: int = 1000, ece: flo
 
 
 def test_the_card_states_the_measured_figures_and_the_gate() -> None:
-    card = render_model_card(facts(), SETTINGS, {"promoted": True, "champion": "4",
+    card = render_model_card(facts(), SETTINGS, {"promoted": True, "version": "4", "champion": "4",
                                                  "reasons": ["PASS: validation macro-F1 0.861 ≥ 0.5"]})
     for expected in ("# polydistill-student-es version 4", "Spanish tweets", "`evomsa` 2.0.14",
                      "555 train, 80 validation, 161 test", "| **this student** | 0.850 (0.810-0.890)",
@@ -51,6 +51,17 @@ def test_the_card_states_the_measured_figures_and_the_gate() -> None:
                      "data_sha256 `abcdef123456`"):
         assert expected in card, expected
     assert "Not run yet" in render_model_card(facts(), SETTINGS, None)
+
+
+@pytest.mark.parametrize(("champion", "verdict"), [("4", "**champion (promoted by an earlier run of the gate)**"),
+                                                    ("3", "**refused: stays challenger**")])
+def test_a_version_the_gate_did_not_promote_this_time_says_whether_it_is_champion(champion: str,
+                                                                                  verdict: str) -> None:
+    """A register rerun reuses version 4: the gate does not promote it again, and its card must not call it refused
+    when it is the champion."""
+    decision = {"promoted": False, "version": "4", "champion": champion,
+                "reasons": ["version 4 is already champion" if champion == "4" else "FAIL: below the champion"]}
+    assert verdict in render_model_card(facts(), SETTINGS, decision)
 
 
 @pytest.mark.parametrize(("changes", "warning"), [

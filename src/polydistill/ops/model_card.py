@@ -168,7 +168,12 @@ def known_limitations(facts: CardFacts, settings: CardSettings) -> list[str]:
 def gate_section(decision: Mapping[str, Any] | None) -> str:
     if decision is None:
         return "## Promotion gate\nNot run yet (auto_promote is off): the version stays challenger."
-    verdict = "promoted to champion" if decision["promoted"] else "refused: stays challenger"
+    if decision["promoted"]:
+        verdict = "promoted to champion"
+    elif decision["champion"] == decision["version"]:
+        verdict = "champion (promoted by an earlier run of the gate)"
+    else:
+        verdict = "refused: stays challenger"
     return "## Promotion gate\n" + f"**{verdict}**\n" + "\n".join(f"- {reason}" for reason in decision["reasons"])
 
 
