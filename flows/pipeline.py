@@ -1,10 +1,11 @@
-"""The whole pipeline as one Prefect flow: `dvc pull` (with a remote), `dvc repro`, `dvc push` (with a remote).
+"""The whole pipeline as one Prefect flow: `dvc pull` (with a remote), `dvc repro`, `dvc push` (with a remote); with
+the dask executor the per-language stages run at once on Dask workers first (flows/fanout.py).
 
 DVC decides what is stale; the register stage (last in dvc.yaml) logs to MLflow and runs the promotion gate, so a
 stage that fails (a failed validation, say) ends the flow as failed with the stage's message before the registry is
 touched.
 
-    python -m flows.pipeline run      # one run now
+    python -m flows.pipeline run      # one run now (--executor dask [--address tcp://…] to fan out)
     python -m flows.pipeline serve    # a deployment with the cron of params.yaml `schedule` (needs a Prefect server)
 """
 
@@ -22,7 +23,9 @@ from prefect import flow, task
 from prefect.logging import get_run_logger
 
 from flows.common import stage_context
+from flows.fanout import EXECUTORS, ExecutorSettings, fan_out_plan, run_on_dask, stale_stages
 from polydistill.cli import QUIET_PROGRESS
+from polydistill.config import load_params
 
 OUTPUT_TAIL_LINES = 80
 STAGE_FAILURE = re.compile(r"^stage \S+ failed:")
@@ -79,9 +82,31 @@ def dvc_pull_task(root: Path) -> None:
 
 
 @task(name="dvc-repro")
-def dvc_repro_task(root: Path) -> None:
-    """Bring every stale stage up to date; stages retry their own transient steps (downloads, registry writes)."""
-    checked_dvc(root, "repro")
+def dvc_repro_task(root: Path, *stages: str) -> None:
+    """Bring every stale stage (or `stages` and what they depend on) up to date; stages retry their own transient
+    steps (downloads, registry writes)."""
+    checked_dvc(root, "repro", *stages)
+
+
+@task(name="dvc-commit")
+def dvc_commit_task(root: Path, stages: list[str]) -> None:
+    """Record what the fanned-out stages wrote in dvc.lock (their outputs hashed and cached)."""
+    checked_dvc(root, "commit", "--force", *stages)
+
+
+def fanned_out_repro(root: Path, settings: ExecutorSettings) -> list[str]:
+    """Upstream stages serially, the stale fan-out stages at once on Dask, then `dvc commit` of them (see
+    flows/fanout.py); the caller's `dvc repro` does the rest. Returns the stages that ran on Dask."""
+    upstream, commands = fan_out_plan(root, settings.stages)
+    if upstream:
+        dvc_repro_task(root, *upstream)
+    stale = stale_stages(root, list(commands), dvc_executable())
+    get_run_logger().info("fan-out on Dask (%s): %s", settings.address or f"{settings.workers} local workers",
+                          ", ".join(stale) or "nothing stale")
+    if stale:
+        run_on_dask(root, {stage: commands[stage] for stage in stale}, settings)
+        dvc_commit_task(root, stale)
+    return stale
 
 
 @task(name="dvc-push", retries=3, retry_delay_seconds=[10, 30, 90])
@@ -90,19 +115,27 @@ def dvc_push_task(root: Path) -> None:
 
 
 @flow(name="polydistill-pipeline")
-def pipeline_flow(root: str | None = None) -> dict:
-    """Pull (with a remote), repro, push (with a remote); the register stage logs and promotes."""
+def pipeline_flow(root: str | None = None, executor: str | None = None, address: str | None = None) -> dict:
+    """Pull (with a remote), repro, push (with a remote); the register stage logs and promotes.
+
+    `executor` and `address` override params.yaml `executor`: with dask, the per-language stages fan out first.
+    """
     project = Path(root).resolve() if root else stage_context()[0]
+    section = load_params(project / "params.yaml")["executor"]
+    settings = ExecutorSettings.from_params({**section, **({"kind": executor} if executor else {}),
+                                             **({"address": address} if address else {})})
     remote = has_remote(project)
     logger = get_run_logger()
-    logger.info("pipeline in %s (DVC remote: %s)", project, "yes" if remote else "none")
+    logger.info("pipeline in %s (DVC remote: %s, executor: %s)", project, "yes" if remote else "none",
+                settings.kind)
     if remote:
         dvc_pull_task(project)
+    fanned_out = fanned_out_repro(project, settings) if settings.kind == "dask" else []
     dvc_repro_task(project)
     if remote:
         dvc_push_task(project)
     registry_report = project / "metrics/registry.json"
-    return {"root": str(project), "remote": remote,
+    return {"root": str(project), "remote": remote, "fanned_out": fanned_out,
             "registry": registry_report.read_text(encoding="utf-8") if registry_report.exists() else None}
 
 
@@ -117,13 +150,16 @@ def serve(root: Path, deployment: str, cron: str, timezone: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["run", "serve"])
-    action = parser.parse_args().action
+    parser.add_argument("--executor", choices=EXECUTORS, help="override params.yaml executor.kind")
+    parser.add_argument("--address", help="a Dask scheduler (tcp://host:8786) for --executor dask")
+    arguments = parser.parse_args()
+    action = arguments.action
     root, params = stage_context()
     if action == "serve":
         schedule = params["schedule"]
         serve(root, schedule["deployment"], schedule["cron"], schedule["timezone"])
         return
-    state = pipeline_flow(str(root), return_state=True)
+    state = pipeline_flow(str(root), arguments.executor, arguments.address, return_state=True)
     if state.is_failed():
         print(f"\npipeline failed: {state.message}", file=sys.stderr)
         sys.exit(1)

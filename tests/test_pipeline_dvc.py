@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import commit_workspace, locked_outputs, run_dvc, write_params
+from conftest import (
+    commit_workspace,
+    load_project_params,
+    locked_outputs,
+    pipeline_environment,
+    run_dvc,
+    write_params,
+)
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from polydistill.durable import is_complete, retired_path
@@ -115,6 +124,8 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
     assert second.returncode == 0 and "up to date" in second.stdout, second.stdout
     assert_killed_stages_resume_to_the_same_outputs(repo_copy)
 
+    assert_dask_fan_out_matches_serial_repro(repo_copy)
+
     metrics = run_dvc(repo_copy, "metrics", "show")
     for path in ("metrics/prepare.json", "metrics/balance.json", "metrics/teacher.json", "metrics/evaluate/zh.json"):
         assert path in metrics.stdout
@@ -133,6 +144,28 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
     languages = read_json(repo_copy / "metrics/transfer.json")["languages"]
     assert all(entry["unlabelled"] == entry["augmented"] == 0 for entry in languages.values())
     assert read_json(repo_copy / "metrics/distill/sl.json")["transfer_rows"] == {"labelled": languages["sl"]["rows"]}
+
+
+def assert_dask_fan_out_matches_serial_repro(root: Path) -> None:
+    """With one torch thread per student, a serial `dvc repro` and the pipeline flow with the dask executor (the
+    distill stages at once on 2 one-thread workers, then `dvc commit`) give the same dvc.lock and outputs."""
+    params = load_project_params(root)
+    params["distill"]["threads"] = 1
+    write_params(root, params)
+    serial = run_dvc(root, "repro")
+    assert serial.returncode == 0, serial.stdout[-3000:] + serial.stderr[-3000:]
+    stages = [f"distill@{lang}" for lang in LANGUAGES]
+    before = locked_outputs(root)
+    for lang in LANGUAGES:
+        shutil.rmtree(root / f"models/students/{lang}")
+    for finished in (root / ".cache/runs").glob("student-*"):
+        shutil.rmtree(finished)
+    fanned = subprocess.run([sys.executable, "-m", "flows.pipeline", "run", "--executor", "dask"], cwd=root,
+                            env=pipeline_environment(root), capture_output=True, text=True, timeout=900)
+    assert fanned.returncode == 0, fanned.stdout[-5000:] + fanned.stderr[-5000:]
+    assert f"fan-out on Dask (2 local workers): {', '.join(stages)}" in fanned.stdout + fanned.stderr
+    assert locked_outputs(root) == before
+    assert "up to date" in run_dvc(root, "status").stdout
 
 
 def assert_killed_stages_resume_to_the_same_outputs(root: Path) -> None:

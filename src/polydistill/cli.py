@@ -51,10 +51,14 @@ def run_module(root: Path, *arguments: str) -> None:
 
 
 @app.command()
-def run() -> None:
+def run(executor: Annotated[str, typer.Option(help="serial (dvc repro) or dask (the per-language stages at once "
+                                                   "on Dask workers); default: params.yaml executor.kind.")] = "",
+        address: Annotated[str, typer.Option(help="A Dask scheduler (tcp://host:8786) instead of a local cluster.")
+                           ] = "") -> None:
     """Run the whole pipeline once as a Prefect flow: dvc pull (with a remote), dvc repro, dvc push."""
     root, _ = project()
-    run_module(root, "flows.pipeline", "run")
+    options = [*(["--executor", executor] if executor else []), *(["--address", address] if address else [])]
+    run_module(root, "flows.pipeline", "run", *options)
 
 
 @app.command()
