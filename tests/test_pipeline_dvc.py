@@ -117,6 +117,7 @@ def assert_model_cards(root: Path) -> None:
 def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) -> None:
     first = run_dvc(repo_copy, "repro")
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
+    assert re.search(r"evaluation: language 3/3 \(100%\), kd_f1_en 0\.\d{4}", first.stdout + first.stderr)
     assert_data_plane(repo_copy)
     assert_model_plane(repo_copy)
 

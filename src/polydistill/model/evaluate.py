@@ -30,6 +30,7 @@ from polydistill.model.metrics import (
 from polydistill.model.runtime import load_text_classifier, probabilities_from_model
 from polydistill.model.soft_labels import load_soft_labels, softmax, teacher_fingerprint
 from polydistill.model.student import student_segmentation
+from polydistill.progress import Progress
 
 SUMMARY_COLUMNS = [
     ("lang", "lang", ""),
@@ -178,26 +179,28 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
                       if mode == "shared" else None)
     paths["plots"].mkdir(parents=True, exist_ok=True)
     rows, bars, intervals, error_sections = [], {}, {}, []
-    for lang in languages:
-        lang_paths = language_paths(paths, lang, mode)
-        mask = (test["lang"] == lang).to_numpy()
-        lang_test = test[mask].reset_index(drop=True)
-        teacher = ({name: values[mask] for name, values in shared_teacher.items()} if shared_teacher is not None
-                   else teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"],
-                                              paths["teacher_tfidf"], lang_test, labels, max_length))
-        result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels,
-                                                 runtime)
-        result["summary"] = summary_row(result)
-        write_json(paths["metrics"] / f"{lang}.json", result)
-        rows.append(result["summary"])
-        error_sections.append(error_analysis_markdown(lang, result["errors"]))
-        bars[lang] = {name: entry["macro_f1"] for name, entry in result["systems"].items()}
-        intervals[lang] = {name: (entry["macro_f1_ci_low"], entry["macro_f1_ci_high"])
-                           for name, entry in result["systems"].items()}
-        write_confusion_plots(result, paths["plots"], labels)
-        gold = lang_test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
-        write_confusion_csv(gold, probabilities["kd_student"].argmax(axis=1), labels,
-                            paths["plots"] / f"confusion_{lang}.csv")
+    with Progress("evaluation", len(languages), unit="language") as shown:
+        for done, lang in enumerate(languages, start=1):
+            lang_paths = language_paths(paths, lang, mode)
+            mask = (test["lang"] == lang).to_numpy()
+            lang_test = test[mask].reset_index(drop=True)
+            teacher = ({name: values[mask] for name, values in shared_teacher.items()} if shared_teacher is not None
+                       else teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"],
+                                                  paths["teacher_tfidf"], lang_test, labels, max_length))
+            result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels,
+                                                     runtime)
+            result["summary"] = summary_row(result)
+            write_json(paths["metrics"] / f"{lang}.json", result)
+            rows.append(result["summary"])
+            error_sections.append(error_analysis_markdown(lang, result["errors"]))
+            bars[lang] = {name: entry["macro_f1"] for name, entry in result["systems"].items()}
+            intervals[lang] = {name: (entry["macro_f1_ci_low"], entry["macro_f1_ci_high"])
+                               for name, entry in result["systems"].items()}
+            write_confusion_plots(result, paths["plots"], labels)
+            gold = lang_test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
+            write_confusion_csv(gold, probabilities["kd_student"].argmax(axis=1), labels,
+                                paths["plots"] / f"confusion_{lang}.csv")
+            shown.update(done, {f"kd_f1_{lang}": result["summary"]["kd_macro_f1"]})
     plot_grouped_bars(bars, intervals, paths["plots"] / "macro_f1.png")
     write_bars_csv(bars, intervals, paths["plots"] / "macro_f1.csv")
     paths["summary"].parent.mkdir(parents=True, exist_ok=True)
