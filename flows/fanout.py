@@ -17,6 +17,7 @@ one code path: with the same `distill.threads`, every student is bit-identical t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -66,8 +67,6 @@ def fan_out_plan(root: Path, prefix: str) -> tuple[list[str], dict[str, str]]:
 
 def stale_stages(root: Path, stages: list[str], dvc: str) -> list[str]:
     """The stages among `stages` that `dvc status` reports as changed."""
-    import json
-
     status = subprocess.run([dvc, "status", "--json", *stages], cwd=root, capture_output=True, text=True, check=True)
     changed = json.loads(status.stdout or "{}")
     return [stage for stage in stages if stage in changed]

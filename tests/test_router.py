@@ -9,6 +9,8 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -183,20 +185,29 @@ def load_run(url: str, clients: int, requests_per_client: int) -> dict[str, floa
             "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
 
 
+@contextmanager
+def served_router(root: Path, environment: dict[str, str], port: int, *flags: str) -> Iterator[str]:
+    """`polydistill serve` of root's router on port (its log in root/serve.log); yields the base URL."""
+    log_path = root / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), *flags],
+                                  env=environment, stdout=log, stderr=log, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        if not wait_for_http(f"{base}/ping", 180, server):
+            pytest.fail(f"server did not start: {log_path.read_text()}")
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_project: Path) -> None:
     port = free_port()
     environment = {**os.environ, "POLYDISTILL_ROOT": str(router_project), "MLFLOW_TRACKING_URI": ""}
     environment.pop("MLFLOW_TRACKING_URI")
-    log_path = router_project / "serve.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--log-inference"],
-                                  env=environment, stdout=log, stderr=log, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        if not wait_for_http(f"{base}/ping", 120, server):
-            pytest.fail(f"server did not start: {log_path.read_text()}")
-
+    with served_router(router_project, environment, port, "--log-inference") as base:
         status, body = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")})
         assert status == 200, body
         assert [row["lang"] for row in body["predictions"]] == EXPECTED_LANGS
@@ -220,6 +231,3 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
         answered = len(MIXED) + len(UNSERVED) + 1 + report["requests"] * len(MIXED)  # the 4xx requests: none
         assert len(logged) == answered and logged["text"].isna().all()
         assert (logged["status"] == "ok").sum() == answered - len(UNSERVED)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

@@ -4,14 +4,13 @@ under its lock, the router build, `polydistill status` and serving over HTTP go 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REGISTRY_LANGUAGES, VENV_BIN, free_port, prepare_registry_workspace, wait_for_http, write_params
+from conftest import REGISTRY_LANGUAGES, VENV_BIN, free_port, prepare_registry_workspace, write_params
 from mlflow import MlflowClient
-from test_router import EXPECTED_LANGS, MIXED, post
+from test_router import EXPECTED_LANGS, MIXED, post, served_router
 
 from polydistill.ops import pipeline_run, promotion, serving
 
@@ -45,17 +44,6 @@ def test_register_promote_route_and_serve_through_a_postgres_backed_server(
     assert status.returncode == 0, status.stderr
     assert all(any(line.split()[:2] == [lang, "1"] for line in status.stdout.splitlines()) for lang in languages)
 
-    port = free_port()
-    log_path = root / "serve.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--watch", "0"],
-                                  env=environment, stdout=log, stderr=log, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        if not wait_for_http(f"{base}/ping", 180, server):
-            pytest.fail(f"server did not start: {log_path.read_text()}")
+    with served_router(root, environment, free_port(), "--watch", "0") as base:
         code, body = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")})
         assert code == 200 and [row["lang"] for row in body["predictions"]] == EXPECTED_LANGS, body
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
