@@ -22,6 +22,8 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 
+from polydistill.progress import Progress
+
 
 @dataclass
 class TfidfModel:
@@ -146,16 +148,19 @@ def fit_baselines(train_path: Path, validation_path: Path, output_dir: Path, met
     label_ids = {label: index for index, label in enumerate(labels)}
     train, validation = pd.read_parquet(train_path), pd.read_parquet(validation_path)
     metrics: dict[str, dict[str, float]] = {}
-    for lang in sorted(train["lang"].unique()):
-        rows, held_out = train[train["lang"] == lang], validation[validation["lang"] == lang]
-        texts, gold = rows["text"].tolist(), rows["label"].map(label_ids).to_numpy()
-        model, c, score = fit_language(texts, gold, held_out["text"].tolist(),
-                                       held_out["label"].map(label_ids).to_numpy(), settings)
-        save_model(model, output_dir / lang, settings)
-        cv_mean, cv_std = cross_validated_macro_f1(texts, gold, settings, c)
-        metrics[lang] = {"validation_macro_f1": round(score, 5), "C": c,
-                         "train_cv_macro_f1": round(cv_mean, 5), "train_cv_macro_f1_std": round(cv_std, 5),
-                         "features": len(model.vectorizer.vocabulary_)}
+    languages = sorted(train["lang"].unique())
+    with Progress("TF-IDF baselines", len(languages), unit="language") as shown:
+        for done, lang in enumerate(languages, start=1):
+            rows, held_out = train[train["lang"] == lang], validation[validation["lang"] == lang]
+            texts, gold = rows["text"].tolist(), rows["label"].map(label_ids).to_numpy()
+            model, c, score = fit_language(texts, gold, held_out["text"].tolist(),
+                                           held_out["label"].map(label_ids).to_numpy(), settings)
+            save_model(model, output_dir / lang, settings)
+            cv_mean, cv_std = cross_validated_macro_f1(texts, gold, settings, c)
+            metrics[lang] = {"validation_macro_f1": round(score, 5), "C": c,
+                             "train_cv_macro_f1": round(cv_mean, 5), "train_cv_macro_f1_std": round(cv_std, 5),
+                             "features": len(model.vectorizer.vocabulary_)}
+            shown.update(done, {f"val_f1_{lang}": score})
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
