@@ -16,7 +16,7 @@ from bench.report import ORDER, render_benchmarks, render_result
 
 MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quality", "sampling": "bench.sampling",
            "reruns": "bench.reruns", "ablations": "bench.ablations", "seeds": "bench.seeds",
-           "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive"}
+           "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive", "scaling": "bench.scaling"}
 PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive")  # benchmarks that take --languages
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ORDER = ("loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds", "transfer_sources", "adaptive")
+ORDER = ("loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds", "transfer_sources", "adaptive",
+         "scaling")
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:

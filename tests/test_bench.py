@@ -142,7 +142,7 @@ def test_skipped_result_renders_its_reason() -> None:
 def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
-                                           "transfer_sources", "adaptive"]
+                                           "transfer_sources", "adaptive", "scaling"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
@@ -161,3 +161,26 @@ def test_transfer_source_configurations_keep_the_size_and_drop_one_source_at_a_t
     plus_unlabelled = sets[CONFIGURATIONS[1]]["source"].value_counts().to_dict()
     assert plus_unlabelled == {"labelled": 6, "unlabelled:news": 3}
     assert sets[CONFIGURATIONS[2]]["source"].tolist() == sources
+
+
+MEASURED_STAGES = {"fetch": 2, "prepare": 3, "validate": 4, "balance": 1, "unlabelled": 4, "transfer": 12,
+                   "pretrained": 7, "baseline": 93, "train_teacher": 985, "soft_labels": 479, "evaluate": 292,
+                   "register": 56, **{f"distill@{lang}": seconds
+                                      for lang, seconds in zip("abcde", (274, 84, 131, 134, 363), strict=True)}}
+
+
+@pytest.mark.parametrize("languages", [5, 20, 100])
+def test_the_scaling_projection_never_slows_with_workers_and_keeps_serial_stages_serial(languages: int) -> None:
+    from bench.scaling import projection
+
+    def project(workers: int) -> dict:
+        return projection(MEASURED_STAGES, languages, workers, teacher_efficiency=0.9, teacher_steps=750,
+                          gradient_bytes=8.7e7, global_batch=16)
+
+    walls = [project(workers)["wall"] for workers in (1, 2, 8, 32, 128)]
+    assert walls == sorted(walls, reverse=True)
+    serial_floor = languages / 5 * (93 + 479 + 292 + 56)  # baseline, soft labels, evaluate, register per language
+    assert walls[-1] > serial_floor
+    one = project(1)
+    assert one["wall"] == pytest.approx(languages / 5 * (33 + 93 + 479 + 292 + 56 + 986) + 985)
+    assert one["cpu"] == pytest.approx(2 * one["wall"])  # one 2-core worker, busy throughout

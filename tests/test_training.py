@@ -184,6 +184,6 @@ def test_the_run_key_changes_with_the_code_and_every_input(tmp_path: Path) -> No
 
 def test_run_keys_cover_the_training_code_of_teacher_and_students() -> None:
     names = {path.name for path in STUDENT_CODE}
-    assert {path.name for path in TEACHER_CODE} == {"teacher.py", "training.py"}
+    assert {path.name for path in TEACHER_CODE} == {"teacher.py", "training.py", "distributed.py"}
     assert {"training.py", "losses.py", "distill.py", "student.py", "narrow.py"} <= names
     assert all(path.is_file() for path in (*STUDENT_CODE, *TEACHER_CODE))

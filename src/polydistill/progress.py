@@ -28,28 +28,32 @@ DEFAULT_INTERVAL_SECONDS = 30.0
 class Progress:
     """A progress bar on a terminal and a heartbeat log line; use as a context manager around the loop."""
 
-    def __init__(self, task: str, total: int, unit: str = "step", done: int = 0) -> None:
-        self.task, self.total, self.unit = task, total, unit
+    def __init__(self, task: str, total: int, unit: str = "step", done: int = 0, quiet: bool = False) -> None:
+        """`quiet` shows nothing (a training process other than the main one)."""
+        self.task, self.total, self.unit, self.quiet = task, total, unit, quiet
         self.interval = float(os.environ.get(INTERVAL_VARIABLE, DEFAULT_INTERVAL_SECONDS))
         self.done, self.first, self.figures = done, done, {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._bar = tqdm(total=total, initial=done, desc=task, unit=unit, disable=not sys.stderr.isatty(), leave=False)
+        self._bar = tqdm(total=total, initial=done, desc=task, unit=unit, disable=quiet or not sys.stderr.isatty(),
+                         leave=False)
         context = contextvars.copy_context()  # the heartbeat's lines belong to the caller's flow / task run
         self._heartbeat = threading.Thread(target=context.run, args=(self._beat,), name=f"progress-{task}",
                                            daemon=True)
 
     def __enter__(self) -> Progress:
-        self._heartbeat.start()
+        if not self.quiet:
+            self._heartbeat.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._stopped.set()
-        self._heartbeat.join()
+        if not self.quiet:
+            self._heartbeat.join()
         self._bar.close()
-        if kind is None:
+        if kind is None and not self.quiet:
             self.log_line()
 
     def update(self, done: int, figures: dict[str, float] | None = None) -> None:

