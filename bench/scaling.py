@@ -26,14 +26,15 @@ LANGUAGES, WORKERS = (5, 20, 100), (1, 8, 32)
 CORES_PER_WORKER = 2  # each worker is a machine like this one; every stage runs with 2 threads
 NETWORK_BYTES_PER_SECOND = 1.25e9  # 10 GbE between workers, for the teacher's gradient exchange
 FULL_TEACHER_MIN_SECONDS = 300  # a train_teacher flow run shorter than this resumed a finished run (no training)
+PAGE, RECORDED_RUNS_READ = 200, 2000  # Prefect's page limit; how far back the stage runs are looked for
 FIXED_STAGES = ("fetch", "prepare", "validate", "balance", "unlabelled", "transfer", "pretrained")
 PER_LANGUAGE_STAGES = ("baseline", "soft_labels", "evaluate", "register")  # one flow for all languages today
 
 
 def run(quick: bool) -> dict[str, Any]:
     sizes = SIZES["quick" if quick else "full"]
+    stages = recorded_stage_seconds()  # first: it fails fast without a recorded full run
     teacher = measure_teacher(sizes["steps"], sizes["repeats"])
-    stages = recorded_stage_seconds()
     return summarise(teacher, stages, sizes)
 
 
@@ -85,7 +86,13 @@ def recorded_stage_seconds() -> dict[str, Any]:
     async def read() -> list[tuple[str, Any]]:
         async with get_client() as client:
             completed = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
-            runs = await client.read_flow_runs(flow_run_filter=completed, sort=FlowRunSort.START_TIME_DESC, limit=500)
+            runs: list[Any] = []
+            while len(runs) < RECORDED_RUNS_READ:  # the API returns at most PAGE runs per request
+                page = await client.read_flow_runs(flow_run_filter=completed, sort=FlowRunSort.START_TIME_DESC,
+                                                   limit=PAGE, offset=len(runs))
+                runs.extend(page)
+                if len(page) < PAGE:
+                    break
             names = {flow_id: (await client.read_flow(flow_id)).name for flow_id in {run.flow_id for run in runs}}
             return [(names[run.flow_id], run) for run in runs]
 
@@ -96,12 +103,13 @@ def recorded_stage_seconds() -> dict[str, Any]:
         raise LookupError("Prefect has no full train_teacher run in this workspace: run `make run` first")
     upstream = {*FIXED_STAGES, "baseline"}
     chosen: dict[str, Any] = {"train_teacher": teacher}
+    modelled = {*FIXED_STAGES, *PER_LANGUAGE_STAGES, "distill"}
     for name, run in sorted(runs, key=lambda item: abs((item[1].start_time - teacher.start_time).total_seconds())):
         key = f"distill@{run.parameters['lang']}" if name == "distill" else name
-        if key in chosen or (run.start_time < teacher.start_time) != (name in upstream):
+        if name not in modelled or key in chosen or (run.start_time < teacher.start_time) != (name in upstream):
             continue
         chosen[key] = run
-    return {"pipeline_started": min(run.start_time for run in chosen.values()).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"teacher_started": teacher.start_time.strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": {key: round(run.total_run_time.total_seconds(), 1) for key, run in sorted(chosen.items())}}
 
 
@@ -175,7 +183,8 @@ def summarise(teacher: dict[int, list[dict[str, float]]], stages: dict[str, Any]
                       "(wall includes model loading and, for 2 processes, their start)",
              "columns": ["processes", "wall s", "s / step (loop)", "CPU s", "validation macro-F1 (mean)"],
              "rows": teacher_rows},
-            {"title": f"Measured stage run times (s) of the full run started {stages['pipeline_started']}",
+            {"title": "Measured stage run times (s): the last full teacher run (started "
+                      f"{stages['teacher_started']}) and each stage's run nearest to it",
              "columns": ["stage", "seconds"], "rows": measured_rows},
             {"title": "Projected run: wall hours, CPU-hours and the stage that binds",
              "columns": ["languages", "workers", "wall h", "CPU-hours", "bottleneck (share of wall)"],
