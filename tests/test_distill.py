@@ -65,7 +65,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def distill_settings(**overrides) -> dict:
     settings = copy.deepcopy(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["distill"])
-    settings.update(threads=1, **overrides)
+    settings.update(threads=1, **{"per_language": {}, **overrides})  # committed per-language choices hide changes
     settings["student"]["layers"] = [0, 3]
     settings["student"]["narrow"].update(hidden_size=16, num_heads=2, intermediate_size=32, sample_texts=64)
     settings["train"].update(QUICK)
