@@ -43,11 +43,11 @@ def measure_teacher(steps: int, repeats: int) -> dict[int, list[dict[str, float]
     runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     for repeat in range(repeats):
         for processes in ((1, 2) if repeat % 2 == 0 else (2, 1)):
-            runs[processes].append(teacher_steps(processes, steps))
+            runs[processes].append(time_teacher(processes, steps))
     return runs
 
 
-def teacher_steps(processes: int, steps: int) -> dict[str, float]:
+def time_teacher(processes: int, steps: int) -> dict[str, float]:
     """Fine-tune the real teacher for `steps` steps in `processes` processes; wall, loop and CPU seconds."""
     from polydistill.model.teacher import fine_tune
 

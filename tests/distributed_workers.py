@@ -15,7 +15,6 @@ def one_step(batch_rows: list[int], weighted: bool, ranks: Ranks) -> dict[str, n
     """The tiny model (dropout off) after one optimizer step on `batch_rows` of the toy set, each rank training on
     its shard; returns its weights."""
     model = tiny_model(seed=3)
-    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
