@@ -6,7 +6,8 @@ On 2 cores this measures the cost of data parallelism (gradient exchange, duplic
 
 Projected: wall time and CPU-hours of a whole run for more languages on more workers, from the stage durations of
 the last full pipeline run that Prefect recorded in this workspace (each stage flow's run time; per-language stages
-per language). Assumptions are stated in the result's notes.
+per language; for soft_labels and evaluate also the time of their per-language tasks, the part that fans out).
+Assumptions are stated in the result's notes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ NETWORK_BYTES_PER_SECOND = 1.25e9  # 10 GbE between workers, for the teacher's g
 FULL_TEACHER_MIN_SECONDS = 300  # a train_teacher flow run shorter than this resumed a finished run (no training)
 PAGE, RECORDED_RUNS_READ = 200, 2000  # Prefect's page limit; how far back the stage runs are looked for
 FIXED_STAGES = ("fetch", "prepare", "validate", "balance", "unlabelled", "transfer", "pretrained")
-PER_LANGUAGE_STAGES = ("baseline", "soft_labels", "evaluate", "register")  # one flow for all languages today
+FANNED_PARTS = {"soft_labels": "soft-labels-language", "evaluate": "evaluate-language"}  # stage: its language task
+SERIAL_STAGES = ("baseline", "register")  # one flow for all languages; registration serial by design
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -103,23 +105,39 @@ def recorded_stage_seconds() -> dict[str, Any]:
         raise LookupError("Prefect has no full train_teacher run in this workspace: run `make run` first")
     upstream = {*FIXED_STAGES, "baseline"}
     chosen: dict[str, Any] = {"train_teacher": teacher}
-    modelled = {*FIXED_STAGES, *PER_LANGUAGE_STAGES, "distill"}
+    modelled = {*FIXED_STAGES, *FANNED_PARTS, *SERIAL_STAGES, "distill"}
     for name, run in sorted(runs, key=lambda item: abs((item[1].start_time - teacher.start_time).total_seconds())):
         key = f"distill@{run.parameters['lang']}" if name == "distill" else name
         if name not in modelled or key in chosen or (run.start_time < teacher.start_time) != (name in upstream):
             continue
         chosen[key] = run
-    return {"teacher_started": teacher.start_time.strftime("%Y-%m-%d %H:%M UTC"),
-            "seconds": {key: round(run.total_run_time.total_seconds(), 1) for key, run in sorted(chosen.items())}}
+    seconds = {key: round(run.total_run_time.total_seconds(), 1) for key, run in sorted(chosen.items())}
+    for stage, task_name in FANNED_PARTS.items():
+        seconds[f"{stage}:languages"] = round(anyio.run(language_task_seconds, chosen[stage].id, task_name), 1)
+    return {"teacher_started": teacher.start_time.strftime("%Y-%m-%d %H:%M UTC"), "seconds": seconds}
+
+
+async def language_task_seconds(flow_run_id: Any, task_name: str) -> float:
+    """The summed run time of a stage flow run's per-language tasks (`task_name`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                            limit=PAGE)
+    return sum(task.total_run_time.total_seconds() for task in tasks if task.name.startswith(task_name))
 
 
 def projection(stage_seconds: dict[str, float], languages: int, workers: int, teacher_efficiency: float,
                teacher_steps: int, gradient_bytes: float, global_batch: int) -> dict[str, float]:
     """Wall and CPU seconds per stage group of one run with `languages` languages on `workers` workers."""
     measured = sorted(key.split("@")[1] for key in stage_seconds if key.startswith("distill@"))
-    per_language = {stage: stage_seconds[stage] / len(measured) for stage in PER_LANGUAGE_STAGES}
     student = sum(stage_seconds[f"distill@{lang}"] for lang in measured) / len(measured)
-    scale = languages / len(measured)
+    scale, waves = languages / len(measured), math.ceil(languages / workers)
+    fanned = {f"{stage} (fanned out)": stage_seconds[f"{stage}:languages"] / len(measured) for stage in FANNED_PARTS}
+    serial = {**{f"{stage} (serial part)": stage_seconds[stage] - stage_seconds[f"{stage}:languages"]
+                 for stage in FANNED_PARTS},
+              **{stage: stage_seconds[stage] for stage in SERIAL_STAGES}}
     teacher_processes = min(workers, global_batch)
     exchange = (0.0 if teacher_processes == 1 else
                 teacher_steps * 2 * (teacher_processes - 1) / teacher_processes * gradient_bytes
@@ -128,11 +146,13 @@ def projection(stage_seconds: dict[str, float], languages: int, workers: int, te
                                                         teacher_processes * teacher_efficiency)
     wall = {"data preparation": sum(stage_seconds[stage] for stage in FIXED_STAGES) * scale,
             "teacher": teacher_compute + exchange,
-            "students (fanned out)": math.ceil(languages / workers) * student,
-            **{stage: per_language[stage] * languages for stage in PER_LANGUAGE_STAGES}}
+            "students (fanned out)": waves * student,
+            **{group: waves * seconds for group, seconds in fanned.items()},
+            **{group: seconds * scale for group, seconds in serial.items()}}
     cpu = {**{group: seconds * CORES_PER_WORKER for group, seconds in wall.items()},
            "teacher": teacher_compute * teacher_processes * CORES_PER_WORKER,
-           "students (fanned out)": student * languages * CORES_PER_WORKER}
+           "students (fanned out)": student * languages * CORES_PER_WORKER,
+           **{group: seconds * languages * CORES_PER_WORKER for group, seconds in fanned.items()}}
     return {"wall": sum(wall.values()), "cpu": sum(cpu.values()), "bottleneck": max(wall, key=wall.get),
             "bottleneck_share": max(wall.values()) / sum(wall.values())}
 
@@ -196,10 +216,12 @@ def summarise(teacher: dict[int, list[dict[str, float]]], stages: dict[str, Any]
             f"({gradient_bytes / 1e6:.0f} MB per step, ring all-reduce at {NETWORK_BYTES_PER_SECOND / 1e9:.2f} GB/s).",
             "Each worker is a 2-core machine like this one. The teacher set stays at balance.teacher_size rows, so "
             "teacher training does not grow with languages; its processes are capped at the global batch size.",
-            "Students fan out (ceil(languages / workers) waves of the measured mean student). Soft labels, the "
-            "baseline, evaluation and registration run as one stage each today, so their time grows with the "
-            "number of languages on any number of workers; registration stays serial by design (the registry "
-            "lock). Data preparation scales with the number of languages.",
+            "Students, the soft-label scoring of each language and each language's evaluation quality fan out "
+            "(ceil(languages / workers) waves of the measured mean per language). Serial, growing with the number "
+            "of languages on any number of workers: the rest of soft_labels (ensemble weights, writing the "
+            "folder), the speed measurements of evaluate (never taken while workers compete), the TF-IDF "
+            "baseline (one stage) and registration (serial by design: the registry lock). Data preparation "
+            "scales with the number of languages.",
             "The bottleneck column names the largest term of the projected wall time.",
         ],
     }

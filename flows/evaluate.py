@@ -1,9 +1,14 @@
-"""Stage flow: per-language evaluation of teacher, students and baseline (metrics/<lang>.json, plots, summary)."""
+"""Stage flow: per-language evaluation of teacher, students and baseline (metrics/<lang>.json, plots, summary).
+
+One task per language measures quality (on Dask workers with the dask executor, see flows/fanout.py); speed is
+measured afterwards in this process, one language at a time.
+"""
 
 from prefect import flow
 
 from flows.common import run_stage, stage_context
-from tasks.model import evaluate_task
+from flows.fanout import stage_task_runner
+from tasks.model import evaluate_quality_task, evaluate_task
 
 
 @flow(name="evaluate")
@@ -20,10 +25,13 @@ def evaluate_flow() -> list[dict]:
         "plots": root / "plots/evaluate",
         "summary": root / "reports/evaluation.md",
     }
-    return evaluate_task(params["data"]["languages"], paths, params["evaluate"], params["data"]["labels"],
-                         params["soft_labels"]["max_length"], params["distill"]["mode"],
-                         params["registry"]["router"]["runtime"])
+    settings, labels = params["evaluate"], params["data"]["labels"]
+    mode, runtime = params["distill"]["mode"], params["registry"]["router"]["runtime"]
+    measured = [evaluate_quality_task.submit(lang, paths, settings, labels, params["soft_labels"]["max_length"],
+                                             mode, runtime)
+                for lang in params["data"]["languages"]]
+    return evaluate_task([future.result() for future in measured], paths, settings, labels, mode, runtime)
 
 
 if __name__ == "__main__":
-    run_stage(evaluate_flow)
+    run_stage(evaluate_flow.with_options(task_runner=stage_task_runner()))

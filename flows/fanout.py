@@ -1,14 +1,17 @@
-"""Per-language fan-out: independent stages of one kind (`distill@<lang>`) run at once on Dask workers through
-Prefect, and DVC records what they wrote.
+"""Per-language fan-out on Dask through Prefect, at two levels, with DVC recording what the workers wrote.
 
 With `executor.kind: dask` (or `polydistill run --executor dask [--address tcp://…]`) the pipeline flow runs:
-1. `dvc repro` of every stage upstream of the fan-out stages (serial; DVC decides what is stale);
+1. `dvc repro` of every stage upstream of the fan-out stages (DVC decides what is stale);
 2. the command dvc.yaml gives each stale fan-out stage (`python -m flows.distill <lang>`) as a Prefect task on a
    DaskTaskRunner: a LocalCluster of `executor.workers` processes with one thread each, or the scheduler at
    `executor.address`, whose workers must see the project at the same path with the same environment;
 3. `dvc commit` of those stages: DVC hashes what the workers wrote and records it in dvc.lock as `dvc repro` would;
-4. `dvc repro` of the rest (evaluate, register), serially, so that latency and throughput are never measured while
-   workers compete for the cores.
+4. `dvc repro` of the rest. Inside it, the stages whose work splits by language (soft_labels: the teacher's pass
+   over each language's rows; evaluate: each language's test-set quality) submit one Prefect task per language to
+   the same kind of task runner (`stage_task_runner`; the pipeline passes its executor to them in the environment),
+   then finish serially: the soft-label folder is written from all languages' scores, and latency and throughput
+   are measured one language after another, never while workers compete for the cores. With the serial executor
+   the same tasks run one at a time in the stage's process, so both executors compute the same numbers.
 
 Why this route: `dvc repro` holds the repository lock, so two repros cannot share a workspace, and `dvc exp run
 --queue` runs whole experiments in copies rather than the stages of one run. Running each stage's own command keeps
@@ -25,11 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from polydistill.cli import QUIET_PROGRESS
+from polydistill.config import load_params, project_root
+from tasks.placement import logged_placement
 
 OUTPUT_TAIL_CHARS = 4000
 EXECUTORS = ("serial", "dask")
+EXECUTOR_VARIABLES = {"kind": "POLYDISTILL_EXECUTOR", "address": "POLYDISTILL_DASK_ADDRESS"}
 
 
 class FanOutStageFailed(RuntimeError):
@@ -51,6 +58,40 @@ class ExecutorSettings:
         if settings.kind not in EXECUTORS:
             raise ValueError(f"executor.kind '{settings.kind}': use one of {', '.join(EXECUTORS)}")
         return settings
+
+
+def executor_settings(section: dict[str, Any], kind: str | None = None,
+                      address: str | None = None) -> ExecutorSettings:
+    """params.yaml `executor`, overridden by `kind` and `address`, else by the variables the pipeline flow passes to
+    the stages it runs (EXECUTOR_VARIABLES)."""
+    overrides = {name: value for name, value in (("kind", kind or os.environ.get(EXECUTOR_VARIABLES["kind"])),
+                                                 ("address", address or os.environ.get(EXECUTOR_VARIABLES["address"])))
+                 if value}
+    return ExecutorSettings.from_params({**section, **overrides})
+
+
+def executor_environment(settings: ExecutorSettings) -> dict[str, str]:
+    """The variables that carry `settings` to the stage flows a `dvc repro` starts."""
+    return {EXECUTOR_VARIABLES["kind"]: settings.kind,
+            **({EXECUTOR_VARIABLES["address"]: settings.address} if settings.address else {})}
+
+
+def task_runner(settings: ExecutorSettings) -> TaskRunner:
+    """Where a flow's submitted tasks run: one at a time in the flow's process (serial), else on a DaskTaskRunner
+    (the scheduler at settings.address, or a LocalCluster of one-thread worker processes)."""
+    if settings.kind == "serial":
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if settings.address:
+        return DaskTaskRunner(address=settings.address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+def stage_task_runner() -> TaskRunner:
+    """The task runner for a stage flow's per-language tasks under the project's executor settings."""
+    return task_runner(executor_settings(load_params(project_root() / "params.yaml")["executor"]))
 
 
 def fan_out_plan(root: Path, prefix: str) -> tuple[list[str], dict[str, str]]:
@@ -76,7 +117,8 @@ def stale_stages(root: Path, stages: list[str], dvc: str) -> list[str]:
 def stage_command_task(root: str, stage: str, command: str) -> str:
     """Run one stage's dvc.yaml command in the project (on a Dask worker); raise with its output on failure."""
     environment = {**QUIET_PROGRESS, **os.environ, "POLYDISTILL_ROOT": root}
-    completed = subprocess.run(command, shell=True, cwd=root, env=environment, capture_output=True, text=True)
+    with logged_placement(stage):
+        completed = subprocess.run(command, shell=True, cwd=root, env=environment, capture_output=True, text=True)
     if completed.returncode != 0:
         raise FanOutStageFailed(f"stage {stage} failed (`{command}`):\n"
                                 f"{(completed.stdout + completed.stderr)[-OUTPUT_TAIL_CHARS:]}")
@@ -91,11 +133,5 @@ def fan_out_flow(root: str, commands: dict[str, str]) -> list[str]:
 
 
 def run_on_dask(root: Path, commands: dict[str, str], settings: ExecutorSettings) -> list[str]:
-    """fan_out_flow on a DaskTaskRunner: the scheduler at settings.address, else a LocalCluster of one-thread
-    worker processes."""
-    from prefect_dask import DaskTaskRunner
-
-    runner = (DaskTaskRunner(address=settings.address) if settings.address else
-              DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers, "threads_per_worker": 1,
-                                             "processes": True, "dashboard_address": None}))
-    return fan_out_flow.with_options(task_runner=runner)(str(root), commands)
+    """fan_out_flow on the Dask task runner of `settings`."""
+    return fan_out_flow.with_options(task_runner=task_runner(settings))(str(root), commands)

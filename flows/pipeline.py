@@ -23,7 +23,15 @@ from prefect import flow, task
 from prefect.logging import get_run_logger
 
 from flows.common import stage_context
-from flows.fanout import EXECUTORS, ExecutorSettings, fan_out_plan, run_on_dask, stale_stages
+from flows.fanout import (
+    EXECUTORS,
+    ExecutorSettings,
+    executor_environment,
+    executor_settings,
+    fan_out_plan,
+    run_on_dask,
+    stale_stages,
+)
 from polydistill.cli import QUIET_PROGRESS
 from polydistill.config import load_params
 
@@ -41,13 +49,13 @@ def dvc_executable() -> str:
     return str(beside) if beside.exists() else "dvc"
 
 
-def dvc_command(root: Path, *arguments: str) -> tuple[int, list[str]]:
+def dvc_command(root: Path, *arguments: str, extra_environment: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """Run the DVC CLI in root, echoing its output live; return the exit status and the last lines.
 
     Its output is a pipe, so progress bars are switched off (unless the environment says otherwise).
     """
     command = [dvc_executable(), *arguments]
-    environment = {**QUIET_PROGRESS, **os.environ, "POLYDISTILL_ROOT": str(root)}
+    environment = {**QUIET_PROGRESS, **os.environ, "POLYDISTILL_ROOT": str(root), **(extra_environment or {})}
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
     with subprocess.Popen(command, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as process:
@@ -63,8 +71,8 @@ def failure_message(arguments: tuple[str, ...], tail: list[str]) -> str:
     return f"dvc {' '.join(arguments)} failed:\n" + "\n".join(tail[start:])
 
 
-def checked_dvc(root: Path, *arguments: str) -> None:
-    status, tail = dvc_command(root, *arguments)
+def checked_dvc(root: Path, *arguments: str, extra_environment: dict[str, str] | None = None) -> None:
+    status, tail = dvc_command(root, *arguments, extra_environment=extra_environment)
     if status != 0:
         raise PipelineStageFailed(failure_message(arguments, tail))
 
@@ -82,10 +90,10 @@ def dvc_pull_task(root: Path) -> None:
 
 
 @task(name="dvc-repro")
-def dvc_repro_task(root: Path, *stages: str) -> None:
-    """Bring every stale stage (or `stages` and what they depend on) up to date; stages retry their own transient
-    steps (downloads, registry writes)."""
-    checked_dvc(root, "repro", *stages)
+def dvc_repro_task(root: Path, settings: ExecutorSettings, *stages: str) -> None:
+    """Bring every stale stage (or `stages` and what they depend on) up to date, the stage flows' per-language
+    tasks on the executor of `settings`; stages retry their own transient steps (downloads, registry writes)."""
+    checked_dvc(root, "repro", *stages, extra_environment=executor_environment(settings))
 
 
 @task(name="dvc-commit")
@@ -99,7 +107,7 @@ def fanned_out_repro(root: Path, settings: ExecutorSettings) -> list[str]:
     flows/fanout.py); the caller's `dvc repro` does the rest. Returns the stages that ran on Dask."""
     upstream, commands = fan_out_plan(root, settings.stages)
     if upstream:
-        dvc_repro_task(root, *upstream)
+        dvc_repro_task(root, settings, *upstream)
     stale = stale_stages(root, list(commands), dvc_executable())
     get_run_logger().info("fan-out on Dask (%s): %s", settings.address or f"{settings.workers} local workers",
                           ", ".join(stale) or "nothing stale")
@@ -122,8 +130,7 @@ def pipeline_flow(root: str | None = None, executor: str | None = None, address:
     """
     project = Path(root).resolve() if root else stage_context()[0]
     section = load_params(project / "params.yaml")["executor"]
-    settings = ExecutorSettings.from_params({**section, **({"kind": executor} if executor else {}),
-                                             **({"address": address} if address else {})})
+    settings = executor_settings(section, executor, address)
     remote = has_remote(project)
     logger = get_run_logger()
     logger.info("pipeline in %s (DVC remote: %s, executor: %s)", project, "yes" if remote else "none",
@@ -131,7 +138,7 @@ def pipeline_flow(root: str | None = None, executor: str | None = None, address:
     if remote:
         dvc_pull_task(project)
     fanned_out = fanned_out_repro(project, settings) if settings.kind == "dask" else []
-    dvc_repro_task(project)
+    dvc_repro_task(project, settings)
     if remote:
         dvc_push_task(project)
     registry_report = project / "metrics/registry.json"

@@ -1,23 +1,30 @@
-"""Stage flow: teacher logits for the transfer, validation and test sets (data/soft_labels)."""
+"""Stage flow: teacher logits for the transfer, validation and test sets (data/soft_labels).
+
+One task per language scores that language's rows (on Dask workers with the dask executor, see flows/fanout.py);
+the folder is then written from all of them: ensemble weights, logits, fingerprint.
+"""
 
 from prefect import flow
 
 from flows.common import run_stage, stage_context
-from tasks.model import soft_labels_task
+from flows.fanout import stage_task_runner
+from tasks.model import score_language_task, soft_labels_task
 
 
 @flow(name="soft_labels")
 def soft_labels_flow() -> dict:
     root, params = stage_context()
-    settings = params["soft_labels"]
+    settings, labels = params["soft_labels"], params["data"]["labels"]
     splits = {"transfer": root / "data/transfer/transfer.parquet",
               "validation": root / "data/prepared/validation.parquet",
               "test": root / "data/prepared/test.parquet"}
+    teacher, train = root / "models/teacher", root / "data/prepared/train.parquet"
     tfidf = root / "models/tfidf" if settings["ensemble"] else None
-    return soft_labels_task(root / "models/teacher", tfidf, splits, root / "data/prepared/train.parquet",
-                            root / "data/soft_labels", root / "metrics/soft_labels.json", settings,
-                            params["data"]["labels"])
+    scored = [score_language_task.submit(lang, teacher, tfidf, splits, train, settings, labels)
+              for lang in params["data"]["languages"]]
+    return soft_labels_task(teacher, tfidf, splits, [future.result() for future in scored],
+                            root / "data/soft_labels", root / "metrics/soft_labels.json", settings, labels)
 
 
 if __name__ == "__main__":
-    run_stage(soft_labels_flow)
+    run_stage(soft_labels_flow.with_options(task_runner=stage_task_runner()))

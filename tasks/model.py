@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
+from tasks.placement import logged_placement
 from tasks.retry import retry_transient
+
+if TYPE_CHECKING:
+    from polydistill.model.evaluate import LanguageQuality
+    from polydistill.model.soft_labels import LanguageScores
 
 
 @task(name="pretrained", retries=2, retry_delay_seconds=[5, 20],
@@ -53,15 +58,31 @@ def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_
     return metrics
 
 
+@task(name="soft-labels-language")
+def score_language_task(lang: str, teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path],
+                        train_path: Path, settings: dict[str, Any], labels: list[str]) -> LanguageScores:
+    """One language's teacher logits (and TF-IDF member) for its transfer, validation and test rows."""
+    from polydistill.model.soft_labels import SoftLabelSettings, language_frames, score_language
+
+    with logged_placement(f"soft_labels:{lang}"):
+        frames = language_frames({split: pd.read_parquet(path) for split, path in split_paths.items()}, lang)
+        train = pd.read_parquet(train_path)
+        scores = score_language(teacher_dir, tfidf_dir, frames, train[train["lang"] == lang],
+                                SoftLabelSettings.from_params(settings), labels)
+    get_run_logger().info("%s: %d distinct texts scored", lang, len(scores.transformer))
+    return scores
+
+
 @task(name="soft_labels")
-def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path], train_path: Path,
-                     output_dir: Path, metrics_path: Path, settings: dict[str, Any], labels: list[str]) -> dict:
-    """Teacher logits for the transfer, validation and test sets, with the teacher's fingerprint."""
-    from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels, write_soft_label_metrics
+def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path],
+                     scores: list[LanguageScores], output_dir: Path, metrics_path: Path, settings: dict[str, Any],
+                     labels: list[str]) -> dict:
+    """The soft-label folder from every language's scores: ensemble weights, logits, fingerprint, metrics."""
+    from polydistill.model.soft_labels import SoftLabelSettings, write_soft_label_metrics, write_soft_labels
 
     frames = {split: pd.read_parquet(path) for split, path in split_paths.items()}
-    report = generate_soft_labels(teacher_dir, tfidf_dir, frames, pd.read_parquet(train_path), output_dir,
-                                  SoftLabelSettings.from_params(settings), labels)
+    report = write_soft_labels(teacher_dir, tfidf_dir, frames, scores, output_dir,
+                               SoftLabelSettings.from_params(settings), labels)
     write_soft_label_metrics(report, metrics_path)
     ensemble = report["ensemble"]
     get_run_logger().info("ensemble weights %s; validation macro-F1 %s; validation log-loss %s",
@@ -89,13 +110,23 @@ def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], so
     return report
 
 
-@task(name="evaluate")
-def evaluate_task(languages: list[str], paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
-                  max_length: int, mode: str, runtime: str) -> list[dict]:
-    """Score every language's systems on its test split and write metrics, plots and the summary."""
-    from polydistill.model.evaluate import evaluate_all
+@task(name="evaluate-language")
+def evaluate_quality_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
+                          max_length: int, mode: str, runtime: str) -> LanguageQuality:
+    """One language's systems on its test split: quality with CIs, retention, KD gain, segmentation, errors."""
+    from polydistill.model.evaluate import evaluate_language_quality
 
-    rows = evaluate_all(languages, paths, settings, labels, max_length, mode, runtime)
+    with logged_placement(f"evaluate:{lang}"):
+        return evaluate_language_quality(lang, paths, settings, labels, max_length, mode, runtime)
+
+
+@task(name="evaluate")
+def evaluate_task(qualities: list[LanguageQuality], paths: dict[str, Path], settings: dict[str, Any],
+                  labels: list[str], mode: str, runtime: str) -> list[dict]:
+    """Every language's speed (serially), then its metrics, plots and the summary."""
+    from polydistill.model.evaluate import finish_evaluation
+
+    rows = finish_evaluation(qualities, paths, settings, labels, mode, runtime)
     for row in rows:
         get_run_logger().info("%s: teacher %.3f, KD %.3f, CE %.3f, TF-IDF %.3f, retention %.1f%%", row["lang"],
                               row["teacher_macro_f1"], row["kd_macro_f1"], row["ce_macro_f1"],

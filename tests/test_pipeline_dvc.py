@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from polydistill.durable import is_complete, retired_path
 from polydistill.faults import KILL_AT_VARIABLE
+from tasks.placement import PLACEMENT_LINE
 
 LANGUAGES = ("en", "sl", "zh")
 SYSTEMS = {"teacher", "teacher_transformer", "kd_student", "ce_student", "tfidf"}
@@ -148,25 +149,46 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
 
 
 def assert_dask_fan_out_matches_serial_repro(root: Path) -> None:
-    """With one torch thread per student, a serial `dvc repro` and the pipeline flow with the dask executor (the
-    distill stages at once on 2 one-thread workers, then `dvc commit`) give the same dvc.lock and outputs."""
+    """With one torch thread per task, the pipeline flow with the dask executor and a serial `dvc repro` give the
+    same dvc.lock, outputs and quality figures: soft labels scored one task per language on 2 one-thread workers,
+    the distill stages at once on them (then `dvc commit`), evaluate's quality per language on them. Every kind of
+    task ran in two worker processes at overlapping times."""
     params = load_project_params(root)
-    params["distill"]["threads"] = 1
-    write_params(root, params)
-    serial = run_dvc(root, "repro")
-    assert serial.returncode == 0, serial.stdout[-3000:] + serial.stderr[-3000:]
-    stages = [f"distill@{lang}" for lang in LANGUAGES]
-    before = locked_outputs(root)
-    for lang in LANGUAGES:
-        shutil.rmtree(root / f"models/students/{lang}")
-    for finished in (root / ".cache/runs").glob("student-*"):
-        shutil.rmtree(finished)
+    for section in ("soft_labels", "distill", "evaluate"):
+        params[section]["threads"] = 1
+    write_params(root, params)  # soft_labels and everything after it are stale now
     fanned = subprocess.run([sys.executable, "-m", "flows.pipeline", "run", "--executor", "dask"], cwd=root,
                             env=pipeline_environment(root), capture_output=True, text=True, timeout=900)
-    assert fanned.returncode == 0, fanned.stdout[-5000:] + fanned.stderr[-5000:]
-    assert f"fan-out on Dask (2 local workers): {', '.join(stages)}" in fanned.stdout + fanned.stderr
-    assert locked_outputs(root) == before
+    output = fanned.stdout + fanned.stderr
+    assert fanned.returncode == 0, output[-5000:]
+    assert f"fan-out on Dask (2 local workers): {', '.join(f'distill@{lang}' for lang in LANGUAGES)}" in output
+    placements = [match.groupdict() for match in PLACEMENT_LINE.finditer(output)]
+    for kind in ("soft_labels:", "distill@", "evaluate:"):
+        ran = [(int(entry["pid"]), float(entry["start"]), float(entry["end"]))
+               for entry in placements if entry["name"].startswith(kind)]
+        assert len(ran) == len(LANGUAGES), f"{kind} tasks: {ran}"
+        assert len({pid for pid, _, _ in ran}) >= 2, f"{kind} tasks ran in one process: {ran}"
+        assert any(a[1] < b[2] and b[1] < a[2] for a in ran for b in ran if a[0] != b[0]), f"{kind}: no overlap"
+    recomputed = [stage for stage in locked_stages(root) if stage not in ("evaluate", "register")]
+    fanned_outputs, fanned_quality = locked_outputs(root, recomputed), evaluation_quality(root)
+    for finished in (root / ".cache/runs").glob("student-*"):
+        shutil.rmtree(finished)
+    serial = run_dvc(root, "repro", "--force", "--downstream", "soft_labels")
+    assert serial.returncode == 0, serial.stdout[-3000:] + serial.stderr[-3000:]
+    assert locked_outputs(root, recomputed) == fanned_outputs and evaluation_quality(root) == fanned_quality
     assert "up to date" in run_dvc(root, "status").stdout
+
+
+def locked_stages(root: Path) -> list[str]:
+    return list(yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))["stages"])
+
+
+def evaluation_quality(root: Path) -> dict:
+    """Each language's evaluation figures except speed (measured again in every run), and the confusion CSVs."""
+    return {lang: ({key: value for key, value in read_json(root / f"metrics/evaluate/{lang}.json").items()
+                    if key not in ("efficiency", "summary")},
+                   (root / f"plots/evaluate/confusion_{lang}.csv").read_text(encoding="utf-8"))
+            for lang in LANGUAGES}
 
 
 def assert_killed_stages_resume_to_the_same_outputs(root: Path) -> None:

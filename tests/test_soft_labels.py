@@ -19,8 +19,10 @@ from polydistill.model.soft_labels import (
     choose_weight,
     fingerprint_id,
     generate_soft_labels,
+    language_frames,
     load_soft_labels,
     mix,
+    score_language,
     teacher_fingerprint,
 )
 from polydistill.model.tfidf import fit_baselines
@@ -72,6 +74,22 @@ def test_logits_are_stored_per_row_with_ensemble_weights(generated: dict) -> Non
     tfidf = np.exp(load_soft_labels(soft, "transfer", transfer, expected, "tfidf_log_probs")[english])
     weight = generated["report"]["ensemble"]["weights"]["en"]
     np.testing.assert_allclose(logits[english], mix(transformer, tfidf, weight), atol=1e-5)
+
+
+def test_a_language_scores_the_same_without_the_other_languages(generated: dict) -> None:
+    """Each language is scored on its own (never batched with another's rows), so a worker that scores only zh
+    gives the logits the whole stage stored for zh: the fan-out cannot change a bit."""
+    root, splits = generated["root"], generated["splits"]
+    train = pd.read_parquet(root / "train.parquet")
+    alone = score_language(generated["teacher"], root / "tfidf", language_frames(splits, "zh"),
+                           train[train["lang"] == "zh"], SETTINGS, LABELS)
+    zh = (splits["test"]["lang"] == "zh").to_numpy()
+    expected = expected_for(generated)
+    stored = load_soft_labels(root / "soft", "test", splits["test"], expected, "transformer_logits")[zh]
+    np.testing.assert_array_equal(np.stack([alone.transformer[i] for i in splits["test"]["id"][zh]]), stored)
+    stored_tfidf = load_soft_labels(root / "soft", "test", splits["test"], expected, "tfidf_log_probs")[zh]
+    np.testing.assert_array_equal(np.log(np.clip(np.stack([alone.tfidf[i] for i in splits["test"]["id"][zh]]),
+                                                 1e-12, None)).astype(np.float32), stored_tfidf)
 
 
 def test_weight_minimises_validation_log_loss_not_accuracy() -> None:

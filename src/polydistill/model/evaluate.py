@@ -1,12 +1,15 @@
 """The evaluate stage: every language's teacher, KD student, CE-only student and TF-IDF baseline on its test split.
 
 Writes metrics/<lang>.json (quality with bootstrap CIs, calibration, retention, KD gain, size, CPU speed), DVC plots
-(grouped macro-F1 bars, confusion matrices) and a Markdown summary table.
+(grouped macro-F1 bars, confusion matrices) and a Markdown summary table. Quality is per language and independent
+(evaluate_language_quality, which may run on any worker); speed is measured afterwards, one language after another
+in one process (finish_evaluation), so that no figure is taken while other work competes for the cores.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +68,41 @@ def teacher_probabilities(soft_dir: Path, teacher_dir: Path, tfidf_dir: Path | N
     return systems
 
 
+@dataclass(frozen=True)
+class LanguageQuality:
+    """One language's test-set result without the speed figures, and the gold labels and KD student predictions
+    that its confusion plot needs."""
+
+    result: dict[str, Any]
+    gold: np.ndarray
+    kd_predictions: np.ndarray
+
+
+def evaluate_language_quality(lang: str, paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
+                              max_length: int, mode: str, runtime: str) -> LanguageQuality:
+    """Every system's quality on one language's test rows (students in the serving `runtime`)."""
+    import torch
+
+    torch.set_num_threads(settings["threads"])
+    test = pd.read_parquet(paths["test"])
+    lang_paths = language_paths(paths, lang, mode)
+    mask = (test["lang"] == lang).to_numpy()
+    lang_test = test[mask].reset_index(drop=True)
+    if mode == "shared":  # the shared soft labels cover every language's test rows
+        teacher = {name: values[mask] for name, values in teacher_probabilities(
+            paths["soft_labels"], paths["teacher"], paths["teacher_tfidf"], test, labels, max_length).items()}
+    else:
+        teacher = teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"], paths["teacher_tfidf"],
+                                        lang_test, labels, max_length)
+    result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels, runtime)
+    gold = lang_test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
+    return LanguageQuality(result, gold, probabilities["kd_student"].argmax(axis=1))
+
+
 def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarray], paths: dict[str, Path],
                       settings: dict[str, Any], labels: list[str],
                       runtime: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """All systems on one language's test rows: quality, retention, KD gain, size and speed.
+    """All systems on one language's test rows: quality, retention, KD gain, segmentation and errors.
 
     The students are scored as served, in `runtime`. Returns the result and each system's test probabilities.
     """
@@ -95,7 +129,6 @@ def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarr
                                           settings["batch_size"], settings["threads"])
     result = {"lang": lang, "test_rows": len(test), "runtime": runtime, "systems": quality, "paired": paired,
               "runtime_agreement": runtime_agreement(systems["kd_student"], as_trained),
-              "efficiency": measure_efficiency(paths["teacher"], students["kd_student"], texts, settings, runtime),
               "segmentation": student_segmentation(paths["teacher"], students["kd_student"], texts),
               "errors": error_analysis(texts, gold, systems["kd_student"], systems["teacher"], labels,
                                        ErrorSettings(settings["error_examples"], settings["error_text_chars"]))}
@@ -166,29 +199,23 @@ def language_paths(paths: dict[str, Path], lang: str, mode: str) -> dict[str, Pa
     return {**paths, "students": students}
 
 
-def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
-                 max_length: int, mode: str, runtime: str) -> list[dict[str, Any]]:
-    """Evaluate every language (students in the serving `runtime`); write metrics/<lang>.json, plots and the
-    Markdown summary."""
+def finish_evaluation(qualities: list[LanguageQuality], paths: dict[str, Path], settings: dict[str, Any],
+                      labels: list[str], mode: str, runtime: str) -> list[dict[str, Any]]:
+    """Measure each language's speed (serially, in this process), then write metrics/<lang>.json, the plots and the
+    Markdown summary; returns the summary rows."""
     import torch
 
     torch.set_num_threads(settings["threads"])
     test = pd.read_parquet(paths["test"])
-    shared_teacher = (teacher_probabilities(paths["soft_labels"], paths["teacher"], paths["teacher_tfidf"], test,
-                                            labels, max_length)
-                      if mode == "shared" else None)
     paths["plots"].mkdir(parents=True, exist_ok=True)
     rows, bars, intervals, error_sections = [], {}, {}, []
-    with Progress("evaluation", len(languages), unit="language") as shown:
-        for done, lang in enumerate(languages, start=1):
+    with Progress("evaluation", len(qualities), unit="language") as shown:
+        for done, quality in enumerate(qualities, start=1):
+            result, lang = quality.result, quality.result["lang"]
             lang_paths = language_paths(paths, lang, mode)
-            mask = (test["lang"] == lang).to_numpy()
-            lang_test = test[mask].reset_index(drop=True)
-            teacher = ({name: values[mask] for name, values in shared_teacher.items()} if shared_teacher is not None
-                       else teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"],
-                                                  paths["teacher_tfidf"], lang_test, labels, max_length))
-            result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels,
-                                                     runtime)
+            texts = test.loc[test["lang"] == lang, "text"].tolist()
+            result["efficiency"] = measure_efficiency(lang_paths["teacher"], lang_paths["students"] / "kd", texts,
+                                                      settings, runtime)
             result["summary"] = summary_row(result)
             write_json(paths["metrics"] / f"{lang}.json", result)
             rows.append(result["summary"])
@@ -197,9 +224,7 @@ def evaluate_all(languages: list[str], paths: dict[str, Path], settings: dict[st
             intervals[lang] = {name: (entry["macro_f1_ci_low"], entry["macro_f1_ci_high"])
                                for name, entry in result["systems"].items()}
             write_confusion_plots(result, paths["plots"], labels)
-            gold = lang_test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
-            write_confusion_csv(gold, probabilities["kd_student"].argmax(axis=1), labels,
-                                paths["plots"] / f"confusion_{lang}.csv")
+            write_confusion_csv(quality.gold, quality.kd_predictions, labels, paths["plots"] / f"confusion_{lang}.csv")
             shown.update(done, {f"kd_f1_{lang}": result["summary"]["kd_macro_f1"]})
     plot_grouped_bars(bars, intervals, paths["plots"] / "macro_f1.png")
     write_bars_csv(bars, intervals, paths["plots"] / "macro_f1.csv")

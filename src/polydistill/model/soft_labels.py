@@ -188,14 +188,33 @@ def _check_mixture(path: Path, weights: dict[str, float]) -> None:
                                     f"recorded weight {weights[lang]}: rerun the soft_labels stage")
 
 
-def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
-                         train: pd.DataFrame, output_dir: Path, settings: SoftLabelSettings,
-                         labels: list[str]) -> dict[str, Any]:
-    """Teacher logits for every split frame (transfer, validation, test), ensemble weights per language, fingerprint.
+@dataclass(frozen=True)
+class LanguageScores:
+    """One language's teacher members by row id: the transformer's logits and the TF-IDF member's probabilities
+    (empty when the teacher is the transformer alone)."""
+
+    transformer: dict[str, np.ndarray]
+    tfidf: dict[str, np.ndarray]
+
+
+def split_languages(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """Every language with a row in any split frame, sorted."""
+    return sorted(set().union(*(frame["lang"].unique() for frame in frames.values())))
+
+
+def language_frames(frames: dict[str, pd.DataFrame], lang: str) -> dict[str, pd.DataFrame]:
+    """The rows of one language in each split frame."""
+    return {split: frame[frame["lang"] == lang].reset_index(drop=True) for split, frame in frames.items()}
+
+
+def score_language(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame], train: pd.DataFrame,
+                   settings: SoftLabelSettings, labels: list[str]) -> LanguageScores:
+    """The teacher's members on one language's split frames: the costly, per-language part of the stage.
 
     Each distinct id is run through the transformer once; repeated transfer rows share their logits. The TF-IDF
     member scores transfer rows out of fold (see ``tfidf.cross_fitted_probabilities``; `train` is the labelled
-    split it was fitted on), validation and test rows with the full model.
+    split it was fitted on), validation and test rows with the full model. Scoring a language alone (never mixed
+    with another's rows in a batch) makes its logits the same on whichever worker it runs.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -208,9 +227,30 @@ def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict
     unique = pd.concat(frames.values()).drop_duplicates("id").reset_index(drop=True)
     encoded = EncodedSet(encode_texts(tokenizer, unique["text"].tolist(), settings.max_length),
                          np.zeros(len(unique), dtype=np.int64), unique["lang"].to_numpy())
+    languages = "/".join(sorted(unique["lang"].unique()))
     transformer = dict(zip(unique["id"], predict_logits(model, encoded, tokenizer.pad_token_id,
-                                                        settings.batch_size, task="teacher soft labels")))
+                                                        settings.batch_size, task=f"teacher soft labels {languages}")))
     tfidf = tfidf_probabilities(tfidf_dir, frames, train, labels, settings.cross_fit_folds) if tfidf_dir else {}
+    return LanguageScores(transformer, tfidf)
+
+
+def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
+                         train: pd.DataFrame, output_dir: Path, settings: SoftLabelSettings,
+                         labels: list[str]) -> dict[str, Any]:
+    """Score every language of the split frames (transfer, validation, test) in turn, then write_soft_labels."""
+    scores = [score_language(teacher_dir, tfidf_dir, language_frames(frames, lang), train[train["lang"] == lang],
+                             settings, labels)
+              for lang in split_languages(frames)]
+    return write_soft_labels(teacher_dir, tfidf_dir, frames, scores, output_dir, settings, labels)
+
+
+def write_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
+                      scores: list[LanguageScores], output_dir: Path, settings: SoftLabelSettings,
+                      labels: list[str]) -> dict[str, Any]:
+    """Ensemble weights per language (chosen on validation), every split's logit columns, the memorisation gap and
+    the fingerprint, from the languages' scores; returns the report written beside the splits."""
+    transformer = {row_id: logits for score in scores for row_id, logits in score.transformer.items()}
+    tfidf = {row_id: probabilities for score in scores for row_id, probabilities in score.tfidf.items()}
     weights = choose_weights(frames["validation"], transformer, tfidf, settings, labels)
     for split, frame in frames.items():
         write_split(output_dir / SPLIT_FILES[split], frame, split_arrays(frame, transformer, tfidf, weights))
@@ -223,7 +263,7 @@ def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict
               "rows": {split: {"rows": len(frame), "ids_sha256": ids_hash(frame["id"].tolist()),
                                "texts_sha256": texts_hash(frame["text"].tolist())}
                        for split, frame in frames.items()},
-              "unique_texts_scored": len(unique)}
+              "unique_texts_scored": len(transformer)}
     (output_dir / FINGERPRINT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
