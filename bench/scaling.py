@@ -6,7 +6,8 @@ On 2 cores this measures the cost of data parallelism (gradient exchange, duplic
 
 Projected: wall time and CPU-hours of a whole run for more languages on more workers, from the stage durations of
 the last full pipeline run that Prefect recorded in this workspace (each stage flow's run time; per-language stages
-per language; for soft_labels and evaluate also the time of their per-language tasks, the part that fans out).
+per language; for soft_labels and evaluate also the share of their time spent in per-language tasks, the part that
+fans out, from their latest run with such tasks).
 Assumptions are stated in the result's notes.
 """
 
@@ -112,9 +113,25 @@ def recorded_stage_seconds() -> dict[str, Any]:
             continue
         chosen[key] = run
     seconds = {key: round(run.total_run_time.total_seconds(), 1) for key, run in sorted(chosen.items())}
-    for stage, task_name in FANNED_PARTS.items():
-        seconds[f"{stage}:languages"] = round(anyio.run(language_task_seconds, chosen[stage].id, task_name), 1)
-    return {"teacher_started": teacher.start_time.strftime("%Y-%m-%d %H:%M UTC"), "seconds": seconds}
+    shares = {stage: fanned_share([run for name, run in runs if name == stage], task_name)
+              for stage, task_name in FANNED_PARTS.items()}
+    for stage, share in shares.items():
+        seconds[f"{stage}:languages"] = round(seconds[stage] * share["share"], 1)
+    return {"teacher_started": teacher.start_time.strftime("%Y-%m-%d %H:%M UTC"), "seconds": seconds,
+            "fanned_shares": shares}
+
+
+def fanned_share(stage_runs: list[Any], task_name: str) -> dict[str, Any]:
+    """The share of a stage's run time spent in its per-language tasks, from its latest run that had them (a
+    full run may predate the split; the share carries over to its stage time)."""
+    import anyio
+
+    for run in stage_runs:  # newest first
+        language_seconds = anyio.run(language_task_seconds, run.id, task_name)
+        if language_seconds > 0:
+            return {"share": round(language_seconds / run.total_run_time.total_seconds(), 4),
+                    "run_started": run.start_time.strftime("%Y-%m-%d %H:%M UTC")}
+    raise LookupError(f"Prefect has no run with {task_name} tasks in this workspace: run `make run` first")
 
 
 async def language_task_seconds(flow_run_id: Any, task_name: str) -> float:
@@ -222,6 +239,9 @@ def summarise(teacher: dict[int, list[dict[str, float]]], stages: dict[str, Any]
             "folder), the speed measurements of evaluate (never taken while workers compete), the TF-IDF "
             "baseline (one stage) and registration (serial by design: the registry lock). Data preparation "
             "scales with the number of languages.",
+            "Share of the stage in per-language tasks (the part that fans out), from the latest run with them: "
+            + ", ".join(f"{stage} {100 * share['share']:.0f}% ({share['run_started']})"
+                        for stage, share in stages["fanned_shares"].items()) + ".",
             "The bottleneck column names the largest term of the projected wall time.",
         ],
     }

@@ -7,7 +7,7 @@ measured afterwards in this process, one language at a time.
 from prefect import flow
 
 from flows.common import run_stage, stage_context
-from flows.fanout import stage_task_runner
+from flows.fanout import per_language, stage_task_runner
 from tasks.model import evaluate_quality_task, evaluate_task
 
 
@@ -27,10 +27,9 @@ def evaluate_flow() -> list[dict]:
     }
     settings, labels = params["evaluate"], params["data"]["labels"]
     mode, runtime = params["distill"]["mode"], params["registry"]["router"]["runtime"]
-    measured = [evaluate_quality_task.submit(lang, paths, settings, labels, params["soft_labels"]["max_length"],
-                                             mode, runtime)
-                for lang in params["data"]["languages"]]
-    return evaluate_task([future.result() for future in measured], paths, settings, labels, mode, runtime)
+    qualities = per_language(evaluate_quality_task, params["data"]["languages"], paths, settings, labels,
+                             params["soft_labels"]["max_length"], mode, runtime)
+    return evaluate_task(qualities, paths, settings, labels, mode, runtime)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ With `executor.kind: dask` (or `polydistill run --executor dask [--address tcp:/
 3. `dvc commit` of those stages: DVC hashes what the workers wrote and records it in dvc.lock as `dvc repro` would;
 4. `dvc repro` of the rest. Inside it, the stages whose work splits by language (soft_labels: the teacher's pass
    over each language's rows; evaluate: each language's test-set quality) submit one Prefect task per language to
-   the same kind of task runner (`stage_task_runner`; the pipeline passes its executor to them in the environment),
+   the same kind of task runner (`per_language`; the pipeline passes its executor to them in the environment),
    then finish serially: the soft-label folder is written from all languages' scores, and latency and throughput
    are measured one language after another, never while workers compete for the cores. With the serial executor
-   the same tasks run one at a time in the stage's process, so both executors compute the same numbers.
+   the same tasks run one after another in the stage's own thread. Each task fixes its torch and BLAS thread
+   counts from params, so both executors compute the same bits.
 
 Why this route: `dvc repro` holds the repository lock, so two repros cannot share a workspace, and `dvc exp run
 --queue` runs whole experiments in copies rather than the stages of one run. Running each stage's own command keeps
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import Task, flow, task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from polydistill.cli import QUIET_PROGRESS
@@ -89,9 +90,24 @@ def task_runner(settings: ExecutorSettings) -> TaskRunner:
                                           "processes": True, "dashboard_address": None})
 
 
+def stage_executor() -> ExecutorSettings:
+    """The project's executor settings as a stage flow sees them (params.yaml, overridden by the environment)."""
+    return executor_settings(load_params(project_root() / "params.yaml")["executor"])
+
+
 def stage_task_runner() -> TaskRunner:
     """The task runner for a stage flow's per-language tasks under the project's executor settings."""
-    return task_runner(executor_settings(load_params(project_root() / "params.yaml")["executor"]))
+    return task_runner(stage_executor())
+
+
+def per_language(language_task: Task, languages: list[str], *arguments: Any) -> list[Any]:
+    """`language_task(lang, *arguments)` for every language, results in language order: submitted to the flow's
+    (Dask) task runner under the dask executor; called one after another in this thread otherwise, the thread that
+    then measures speed (after the quality tasks had run in a pool thread, batch-1 latency came out slower)."""
+    if stage_executor().kind == "dask":
+        futures = [language_task.submit(lang, *arguments) for lang in languages]
+        return [future.result() for future in futures]
+    return [language_task(lang, *arguments) for lang in languages]
 
 
 def fan_out_plan(root: Path, prefix: str) -> tuple[list[str], dict[str, str]]:
@@ -114,9 +130,9 @@ def stale_stages(root: Path, stages: list[str], dvc: str) -> list[str]:
 
 
 @task(name="stage-command")
-def stage_command_task(root: str, stage: str, command: str) -> str:
-    """Run one stage's dvc.yaml command in the project (on a Dask worker); raise with its output on failure."""
-    environment = {**QUIET_PROGRESS, **os.environ, "POLYDISTILL_ROOT": root}
+def stage_command_task(root: str, stage: str, command: str, environment: dict[str, str]) -> str:
+    """Run one stage's dvc.yaml command in the project (on a Dask worker) with `environment`, the pipeline's own,
+    not the worker's (a Dask worker holds OMP/MKL/OpenBLAS threads at 1); raise with its output on failure."""
     with logged_placement(stage):
         completed = subprocess.run(command, shell=True, cwd=root, env=environment, capture_output=True, text=True)
     if completed.returncode != 0:
@@ -128,7 +144,8 @@ def stage_command_task(root: str, stage: str, command: str) -> str:
 @flow(name="fan-out")
 def fan_out_flow(root: str, commands: dict[str, str]) -> list[str]:
     """Every command at once on the flow's task runner; the stages that finished, in order."""
-    futures = [stage_command_task.submit(root, stage, command) for stage, command in commands.items()]
+    environment = {**QUIET_PROGRESS, **os.environ, "POLYDISTILL_ROOT": root}
+    futures = [stage_command_task.submit(root, stage, command, environment) for stage, command in commands.items()]
     return [future.result() for future in futures]
 
 

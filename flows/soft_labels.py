@@ -7,7 +7,7 @@ the folder is then written from all of them: ensemble weights, logits, fingerpri
 from prefect import flow
 
 from flows.common import run_stage, stage_context
-from flows.fanout import stage_task_runner
+from flows.fanout import per_language, stage_task_runner
 from tasks.model import score_language_task, soft_labels_task
 
 
@@ -20,10 +20,10 @@ def soft_labels_flow() -> dict:
               "test": root / "data/prepared/test.parquet"}
     teacher, train = root / "models/teacher", root / "data/prepared/train.parquet"
     tfidf = root / "models/tfidf" if settings["ensemble"] else None
-    scored = [score_language_task.submit(lang, teacher, tfidf, splits, train, settings, labels)
-              for lang in params["data"]["languages"]]
-    return soft_labels_task(teacher, tfidf, splits, [future.result() for future in scored],
-                            root / "data/soft_labels", root / "metrics/soft_labels.json", settings, labels)
+    scores = per_language(score_language_task, params["data"]["languages"], teacher, tfidf, splits, train, settings,
+                          labels)
+    return soft_labels_task(teacher, tfidf, splits, scores, root / "data/soft_labels",
+                            root / "metrics/soft_labels.json", settings, labels)
 
 
 if __name__ == "__main__":

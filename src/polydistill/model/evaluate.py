@@ -80,7 +80,16 @@ class LanguageQuality:
 
 def evaluate_language_quality(lang: str, paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
                               max_length: int, mode: str, runtime: str) -> LanguageQuality:
-    """Every system's quality on one language's test rows (students in the serving `runtime`)."""
+    """Every system's quality on one language's test rows (students in the serving `runtime`), with
+    `settings["threads"]` threads for torch and for BLAS, so that it computes the same bits on any worker."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=settings["threads"]):
+        return _evaluate_language_quality(lang, paths, settings, labels, max_length, mode, runtime)
+
+
+def _evaluate_language_quality(lang: str, paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
+                               max_length: int, mode: str, runtime: str) -> LanguageQuality:
     import torch
 
     torch.set_num_threads(settings["threads"])

@@ -214,8 +214,17 @@ def score_language(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, 
     Each distinct id is run through the transformer once; repeated transfer rows share their logits. The TF-IDF
     member scores transfer rows out of fold (see ``tfidf.cross_fitted_probabilities``; `train` is the labelled
     split it was fitted on), validation and test rows with the full model. Scoring a language alone (never mixed
-    with another's rows in a batch) makes its logits the same on whichever worker it runs.
+    with another's rows in a batch), with `settings.threads` threads for torch and for BLAS (which a Dask worker
+    would otherwise hold at 1), makes its outputs the same bits on whichever worker it runs.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=settings.threads):
+        return _score_language(teacher_dir, tfidf_dir, frames, train, settings, labels)
+
+
+def _score_language(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame], train: pd.DataFrame,
+                    settings: SoftLabelSettings, labels: list[str]) -> LanguageScores:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
