@@ -80,8 +80,9 @@ def executor_environment(settings: ExecutorSettings) -> dict[str, str]:
 
 
 def task_runner(settings: ExecutorSettings) -> TaskRunner:
-    """Where a flow's submitted tasks run: one at a time in the flow's process (serial), else on a DaskTaskRunner
-    (the scheduler at settings.address, or a LocalCluster of one-thread worker processes)."""
+    """Where a flow's submitted tasks run: on a DaskTaskRunner (the scheduler at settings.address, or a LocalCluster
+    of one-thread worker processes); for serial, a one-thread pool, which `per_language` leaves unused (it calls the
+    tasks in the stage's own thread)."""
     if settings.kind == "serial":
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
