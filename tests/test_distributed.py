@@ -4,6 +4,8 @@ update, the same step in 2 processes as in 1, the same quality, and a killed 2-p
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +75,21 @@ def train(tiny_teacher: Path, folder: Path, processes: int) -> dict:
                      teacher_settings(processes), LABELS)
 
 
+def without_dropout(encoder: Path, folder: Path) -> Path:
+    """A copy of `encoder` whose config turns dropout off."""
+    shutil.copytree(encoder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def test_two_processes_reach_the_quality_of_one_at_the_same_global_batch(tiny_teacher: Path, tmp_path: Path) -> None:
-    one = train(tiny_teacher, tmp_path / "one", processes=1)
-    two = train(tiny_teacher, tmp_path / "two", processes=2)
+    """Dropout off, so that only the split of each batch across ranks differs: with dropout on, the ranks draw other
+    masks than one process does and the comparison measures seed noise (on this 72-row validation set up to 0.04)."""
+    encoder = without_dropout(tiny_teacher, tmp_path / "encoder")
+    one = train(encoder, tmp_path / "one", processes=1)
+    two = train(encoder, tmp_path / "two", processes=2)
     assert two["processes"] == 2 and two["steps"] == one["steps"] and two["train_rows"] == one["train_rows"]
     assert one["validation_macro_f1"]["mean"] > 0.8, "the fixture must be learnable for the comparison to mean much"
     assert abs(two["validation_macro_f1"]["mean"] - one["validation_macro_f1"]["mean"]) <= 0.02
