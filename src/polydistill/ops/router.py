@@ -20,6 +20,7 @@ every answered text is recorded there for the monitor flow.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import mlflow.models
@@ -101,9 +102,9 @@ def detect_languages(detector: Any, foreign: Any, texts: list[str], languages: l
     """Per text: (configured language or None, status). A text another language claims with at least
     `foreign_confidence` is unsupported; one neither detector can place is not recognised."""
     detected = detector.detect_languages_in_parallel_of(texts)
+    foreign_ranked = foreign.compute_language_confidence_values_in_parallel(texts)
     results: list[tuple[str | None, str]] = []
-    for text, language in zip(texts, detected, strict=True):
-        ranked = foreign.compute_language_confidence_values(text)
+    for language, ranked in zip(detected, foreign_ranked, strict=True):
         top = ranked[0] if ranked else None
         if top is not None and top.value >= foreign_confidence and iso_code(top.language) not in languages:
             results.append((None, f"unsupported language ({iso_code(top.language)})"))
@@ -139,41 +140,48 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
         self.detector = language_detector(self.languages)
         self.foreign = foreign_detector()
         self.inference_log = InferenceLog.from_environment()
+        # The scoring server calls predict from a pool of threads. A fast tokenizer's padding is shared state, so
+        # concurrent calls pad to each other's lengths and fail, and torch on each thread starts its own OpenMP team
+        # whose idle threads spin on the cores (one text took 6 ms longer): one thread does all tokenizing and
+        # inference.
+        self.inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-inference")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """lang, label, score, student_version and status for each row of a frame with text (and optional lang)."""
         frame = request_frame(model_input, self.languages, self.max_rows, self.max_text_chars)
-        frame["status"] = "ok"
-        missing = frame["lang"].isna()
-        if missing.any():
-            detected = detect_languages(self.detector, self.foreign, frame.loc[missing, "text"].tolist(),
+        texts, langs = frame["text"].tolist(), frame["lang"].tolist()
+        statuses = ["ok"] * len(texts)
+        missing = [row for row, lang in enumerate(langs) if lang is None]
+        if missing:
+            detected = detect_languages(self.detector, self.foreign, [texts[row] for row in missing],
                                         self.languages, self.foreign_confidence)
-            frame.loc[missing, "lang"] = pd.Series([lang for lang, _ in detected], index=frame.index[missing],
-                                                   dtype=object)
-            frame.loc[missing, "status"] = [status for _, status in detected]
-        unserved = (frame["status"] == "ok") & ~frame["lang"].isin(list(self.versions))
-        frame.loc[unserved, "status"] = "no champion for " + frame.loc[unserved, "lang"]
-        output = pd.DataFrame({"lang": frame["lang"], "label": None, "score": None,
-                               "student_version": frame["lang"].map(self.versions), "status": frame["status"]},
-                              dtype=object)
-        answered = frame[frame["status"] == "ok"]
-        for lang, rows in answered.groupby("lang").groups.items():
-            labels, scores = self.classify(lang, answered.loc[rows, "text"].tolist())
-            output.loc[rows, "label"] = labels
-            output.loc[rows, "score"] = scores
-        output.loc[frame["status"] != "ok", "student_version"] = None
-        if self.inference_log is not None:
-            self.inference_log.record(frame["text"].tolist(), output.to_dict("records"),
-                                      {lang: student.tokenizer for lang, student in self.students.items()},
-                                      self.detector)
+            for row, (lang, status) in zip(missing, detected, strict=True):
+                langs[row], statuses[row] = lang, status
+        statuses = [f"no champion for {lang}" if status == "ok" and lang not in self.versions else status
+                    for lang, status in zip(langs, statuses, strict=True)]
+        labels: list[str | None] = [None] * len(texts)
+        scores: list[float | None] = [None] * len(texts)
+        for lang in sorted({lang for lang, status in zip(langs, statuses, strict=True) if status == "ok"}):
+            rows = [row for row, status in enumerate(statuses) if status == "ok" and langs[row] == lang]
+            for row, label, score in zip(rows, *self.classify(lang, [texts[row] for row in rows]), strict=True):
+                labels[row], scores[row] = label, score
+        versions = [self.versions[lang] if status == "ok" else None
+                    for lang, status in zip(langs, statuses, strict=True)]
+        output = pd.DataFrame({"lang": langs, "label": labels, "score": scores, "student_version": versions,
+                               "status": statuses}, dtype=object)
+        if self.inference_log is not None:  # it tokenizes too, so on the same thread
+            self.inference_thread.submit(self.inference_log.record, texts, output.to_dict("records"),
+                                         {lang: student.tokenizer for lang, student in self.students.items()},
+                                         self.detector).result()
         return output
 
     def classify(self, lang: str, texts: list[str]) -> tuple[list[str], list[float]]:
-        """One language's texts through its student, in batches: top label and its probability."""
+        """One language's texts through its student, in batches, on the inference thread: top label and its
+        probability."""
         student = self.students[lang]
         labels, scores = [], []
         for start in range(0, len(texts), self.batch_size):
-            probabilities = student(texts[start:start + self.batch_size])
+            probabilities = self.inference_thread.submit(student, texts[start:start + self.batch_size]).result()
             labels += [student.label_names[int(index)] for index in probabilities.argmax(axis=1)]
             scores += probabilities.max(axis=1).tolist()
         return labels, scores
