@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -200,6 +202,26 @@ def served_router(root: Path, environment: dict[str, str], port: int, *flags: st
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_stopping_serve_stops_the_model_server_it_started(router_project: Path) -> None:
+    port = free_port()
+    environment = {**os.environ, "POLYDISTILL_ROOT": str(router_project), "MLFLOW_TRACKING_URI": ""}
+    environment.pop("MLFLOW_TRACKING_URI")
+    with open(router_project / "serve-stop.log", "w") as log:
+        serve = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--watch", "0"],
+                                 env=environment, stdout=log, stderr=log, start_new_session=True)
+    try:
+        log_text = (router_project / "serve-stop.log").read_text
+        assert wait_for_http(f"http://127.0.0.1:{port}/ping", 180, serve), log_text()
+        serve.send_signal(signal.SIGTERM)  # the CLI only, as a process manager stopping it would
+        assert serve.wait(timeout=60) == 128 + signal.SIGTERM
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the model server it started (mlflow's uvicorn child included) no longer holds the port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(serve.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

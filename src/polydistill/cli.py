@@ -23,6 +23,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 
 QUIET_PROGRESS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                   "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+SERVER_STOP_GRACE_S = 30  # seconds a stopped model server gets to finish its requests
 STATUS_COLUMNS = (("lang", "lang", "{}"), ("champion", "champion", "{}"), ("challenger", "challenger", "{}"),
                   ("macro_f1", "macro-F1", "{:.4f}"), ("retention", "retention", "{:.1%}"),
                   ("weights_mb", "size MB", "{:.1f}"), ("promoted_at", "champion since", "{}"))
@@ -237,6 +238,7 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
         kept = "kept" if log_text else "not kept"
         typer.echo(f"inference log: {environment[inference_log.LOG_ENV]} (raw text {kept})", err=True)
     client = tracking.connect(root, settings)
+    exit_on_sigterm()
     while True:
         with registry_errors_as_one_line():
             version = registry.alias_version(client, name, registry.CHAMPION)
@@ -246,16 +248,56 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
         command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{name}/{version}",
                    "--env-manager", "local", "-h", host, "-p", str(port)]
         typer.echo(" ".join(command), err=True)
-        server = subprocess.Popen(command, env=environment)
-        if watch <= 0:
-            raise typer.Exit(server.wait())
-        while server.poll() is None and not promoted_since(client, name, version, watch):
-            pass
-        if server.poll() is not None:
-            raise typer.Exit(server.returncode)
-        typer.echo(f"{name}: champion moved from version {version}; restarting the server", err=True)
-        server.terminate()
-        server.wait()
+        server = subprocess.Popen(command, env=environment, start_new_session=True)  # own group: stop_model_server
+        try:
+            if watch <= 0:
+                raise typer.Exit(server.wait())
+            while server.poll() is None and not promoted_since(client, name, version, watch):
+                pass
+            if server.poll() is not None:
+                raise typer.Exit(server.returncode)
+            typer.echo(f"{name}: champion moved from version {version}; restarting the server", err=True)
+        finally:  # also on SIGTERM and Ctrl-C
+            stop_model_server(server)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that `finally` blocks run (the default would end the process at once)."""
+    import signal
+
+    def exit_now(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_now)
+
+
+def stop_model_server(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it is still there after the grace period. mlflow starts
+    uvicorn as a child that would outlive it and keep the port, so the whole group is stopped."""
+    import signal
+    from contextlib import suppress
+
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(server.pid, signum)
+        if group_exited(server, SERVER_STOP_GRACE_S):
+            break
+    server.wait()
+
+
+def group_exited(server: subprocess.Popen, within_s: float) -> bool:
+    """Whether every process in the server's group exits within `within_s` seconds."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        server.poll()  # reaps the group's leader once it has exited
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def promoted_since(client: Any, name: str, version: str, wait_s: float) -> bool:
