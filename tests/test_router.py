@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -220,8 +219,9 @@ def test_stopping_serve_stops_the_model_server_it_started(router_project: Path) 
         with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # the model server it started (mlflow's uvicorn child included) no longer holds the port
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(serve.pid, signal.SIGKILL)
+        if serve.poll() is None:
+            serve.terminate()
+            serve.wait(timeout=60)
 
 
 @pytest.mark.slow
