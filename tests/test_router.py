@@ -186,6 +186,12 @@ def load_run(url: str, clients: int, requests_per_client: int) -> dict[str, floa
             "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
 
 
+def serve_environment(root: Path) -> dict[str, str]:
+    """This process's environment for `polydistill serve` of root's router: its own registry, not an inherited one."""
+    return {**{name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"},
+            "POLYDISTILL_ROOT": str(root)}
+
+
 @contextmanager
 def served_router(root: Path, environment: dict[str, str], port: int, *flags: str) -> Iterator[str]:
     """`polydistill serve` of root's router on port (its log in root/serve.log); yields the base URL."""
@@ -206,8 +212,7 @@ def served_router(root: Path, environment: dict[str, str], port: int, *flags: st
 @pytest.mark.slow
 def test_stopping_serve_stops_the_model_server_it_started(router_project: Path) -> None:
     port = free_port()
-    environment = {**os.environ, "POLYDISTILL_ROOT": str(router_project), "MLFLOW_TRACKING_URI": ""}
-    environment.pop("MLFLOW_TRACKING_URI")
+    environment = serve_environment(router_project)
     with open(router_project / "serve-stop.log", "w") as log:
         serve = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--watch", "0"],
                                  env=environment, stdout=log, stderr=log, start_new_session=True)
@@ -227,8 +232,7 @@ def test_stopping_serve_stops_the_model_server_it_started(router_project: Path) 
 @pytest.mark.slow
 def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_project: Path) -> None:
     port = free_port()
-    environment = {**os.environ, "POLYDISTILL_ROOT": str(router_project), "MLFLOW_TRACKING_URI": ""}
-    environment.pop("MLFLOW_TRACKING_URI")
+    environment = serve_environment(router_project)
     with served_router(router_project, environment, port, "--log-inference") as base:
         status, body = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")})
         assert status == 200, body

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -263,8 +265,6 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
 
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that `finally` blocks run (the default would end the process at once)."""
-    import signal
-
     def exit_now(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
 
@@ -274,9 +274,6 @@ def exit_on_sigterm() -> None:
 def stop_model_server(server: subprocess.Popen) -> None:
     """SIGTERM to the server's process group, SIGKILL if it is still there after the grace period. mlflow starts
     uvicorn as a child that would outlive it and keep the port, so the whole group is stopped."""
-    import signal
-    from contextlib import suppress
-
     for signum in (signal.SIGTERM, signal.SIGKILL):
         with suppress(ProcessLookupError):
             os.killpg(server.pid, signum)
@@ -287,8 +284,6 @@ def stop_model_server(server: subprocess.Popen) -> None:
 
 def group_exited(server: subprocess.Popen, within_s: float) -> bool:
     """Whether every process in the server's group exits within `within_s` seconds."""
-    import time
-
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         server.poll()  # reaps the group's leader once it has exited
@@ -302,8 +297,6 @@ def group_exited(server: subprocess.Popen, within_s: float) -> bool:
 
 def promoted_since(client: Any, name: str, version: str, wait_s: float) -> bool:
     """Wait `wait_s` seconds, then whether the router's champion is another version than `version`."""
-    import time
-
     from polydistill.ops.registry import CHAMPION, alias_version
 
     time.sleep(wait_s)
@@ -340,8 +333,6 @@ app.add_typer(tracking_app, name="tracking")
 def tracking_start(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (default: tracking_server.port).")] = 0
                    ) -> None:
     """Run PostgreSQL and `mlflow server` until interrupted; prints the MLFLOW_TRACKING_URI to use."""
-    import signal
-
     from polydistill.ops.tracking_server import TrackingServerSettings, tracking_server
 
     root, params = project()
