@@ -152,7 +152,9 @@ def assert_dask_fan_out_matches_serial_repro(root: Path) -> None:
     """With one torch thread per task, the pipeline flow with the dask executor and a serial `dvc repro` give the
     same dvc.lock, outputs and quality figures: soft labels scored one task per language on 2 one-thread workers,
     the distill stages at once on them (then `dvc commit`), evaluate's quality per language on them. Every kind of
-    task ran in two worker processes at overlapping times."""
+    task ran in two worker processes; the soft-label and student tasks at overlapping times. (On the fixture an
+    evaluate task takes 0.15-0.5 s, less than one worker's first task can start after the other's (0.7 s in one
+    fresh-clone run), so their overlap would be timing luck.)"""
     params = load_project_params(root)
     for section in ("soft_labels", "distill", "evaluate"):
         params[section]["threads"] = 1
@@ -168,7 +170,8 @@ def assert_dask_fan_out_matches_serial_repro(root: Path) -> None:
                for entry in placements if entry["name"].startswith(kind)]
         assert len(ran) == len(LANGUAGES), f"{kind} tasks: {ran}"
         assert len({pid for pid, _, _ in ran}) >= 2, f"{kind} tasks ran in one process: {ran}"
-        assert any(a[1] < b[2] and b[1] < a[2] for a in ran for b in ran if a[0] != b[0]), f"{kind}: no overlap"
+        if kind != "evaluate:":
+            assert any(a[1] < b[2] and b[1] < a[2] for a in ran for b in ran if a[0] != b[0]), f"{kind}: no overlap"
     recomputed = [stage for stage in locked_stages(root) if stage not in ("evaluate", "register")]
     fanned_outputs, fanned_quality = locked_outputs(root, recomputed), evaluation_quality(root)
     for finished in (root / ".cache/runs").glob("student-*"):
