@@ -53,6 +53,17 @@ def adaptive_choice(predictions: dict[Point, list[dict[str, np.ndarray]]], gold:
     return {"scores": scores, "chosen": choose(scores["validation"], default)}
 
 
+def held_out_splits(lang: str, labels: list[str]) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+    """One language's validation and test rows of the default run, and their gold label ids."""
+    splits = {}
+    for split in ("validation", "test"):
+        frame = pd.read_parquet(require(REPO_ROOT / f"data/prepared/{split}.parquet", "make run"))
+        splits[split] = frame[frame["lang"] == lang].reset_index(drop=True)
+    gold = {split: frame["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+            for split, frame in splits.items()}
+    return splits, gold
+
+
 def seed_predictions(lang: str, point: Point, seed: int, params: dict[str, Any], sizes: dict[str, Any],
                      splits: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
     """Distil one language at one grid point and seed; the KD student's probabilities on validation and test."""
@@ -78,13 +89,9 @@ def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
     labels, languages = params["data"]["labels"], sizes["languages"] or params["data"]["languages"]
     default = (params["distill"]["alpha"], params["distill"]["temperature"])
     base_seed = params["distill"]["train"]["seed"]
-    frames = {split: pd.read_parquet(require(REPO_ROOT / f"data/prepared/{split}.parquet", "make run"))
-              for split in ("validation", "test")}
     results = {}
     for lang in languages:
-        splits = {split: frame[frame["lang"] == lang].reset_index(drop=True) for split, frame in frames.items()}
-        gold = {split: frame["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
-                for split, frame in splits.items()}
+        splits, gold = held_out_splits(lang, labels)
         predictions = {point: [seed_predictions(lang, point, seed, params, sizes, splits)
                                for seed in range(base_seed, base_seed + sizes["seeds"])]
                        for point in sorted(sizes["grid"], key=lambda point: point == default)}  # default last

@@ -33,6 +33,7 @@ def pipeline_paths(lang: str, output: Path) -> dict[str, Path]:
     return {"teacher": REPO_ROOT / "models/teacher", "tfidf": REPO_ROOT / "models/tfidf",
             "soft_labels": require(data / "soft_labels", "make run"), "transfer": data / "transfer/transfer.parquet",
             "labelled_transfer": data / "transfer/labelled.parquet", "pool": data / "transfer/pool.parquet",
+            "word_frequencies": data / "word_frequencies",
             "teacher_set": data / "balanced/teacher.parquet", "train": data / "prepared/train.parquet",
             "validation": data / "prepared/validation.parquet", "test": data / "prepared/test.parquet",
             "output": output / lang, "metrics": output / f"{lang}.json", "work": REPO_ROOT / ".cache/runs"}

@@ -19,6 +19,7 @@ def distill_flow(lang: str) -> dict:
         "transfer": root / "data/transfer/transfer.parquet",
         "labelled_transfer": root / "data/transfer/labelled.parquet",
         "pool": root / "data/transfer/pool.parquet",
+        "word_frequencies": root / "data/word_frequencies",
         "teacher_set": root / "data/balanced/teacher.parquet",
         "train": root / "data/prepared/train.parquet",
         "validation": root / "data/prepared/validation.parquet",

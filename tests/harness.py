@@ -43,6 +43,7 @@ def fixture_params(languages: list[str], teacher_dir: Path | None = None) -> dic
     params["validate"].update(min_rows_per_language=30, min_rows_per_label=10)
     params["balance"].update(teacher_size=200)
     params["unlabelled"].update(source="file", path="tests/fixtures/unlabelled.jsonl")
+    params["word_frequencies"].update(source="file", path="tests/fixtures/word_frequencies.csv")
     params["transfer"].update(size=300)
     params["baseline"].update(min_df=1, c_grid=[1.0, 4.0])
     quick = {"eval_every": 5, "checkpoint_every": 5, "learning_rate": 1e-3, "batch_size": 8}

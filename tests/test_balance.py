@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from polydistill.data.balance import (
     LossWeightSettings,
     allocate,
+    class_row_weights,
     derived_weights,
     row_weights,
     sample_balanced,
@@ -117,6 +118,18 @@ def test_derived_weights_follow_their_formulas() -> None:
         derived_weights(counts, {"en": 1.0}, 0.9)
     with pytest.raises(ValueError, match="unknown loss weighting"):
         derived_weights(counts, "square", 0.9)
+
+
+def test_a_students_class_weights_follow_the_train_counts_and_leave_unlabelled_rows_at_one() -> None:
+    train = pd.Series(["negative"] * 25 + ["positive"] * 100)
+    rows = pd.Series(["negative", "positive", None, "positive", np.nan, "negative"])
+    weights = class_row_weights(rows, train, "inverse", 0.9)
+    labelled = weights[[0, 1, 3, 5]]
+    assert labelled.mean() == pytest.approx(1.0) and weights[[2, 4]].tolist() == [1.0, 1.0]
+    assert weights[0] / weights[1] == pytest.approx(100 / 25) and weights[0] == weights[5]
+    assert class_row_weights(rows, train, "none", 0.9).tolist() == [1.0] * 6
+    explicit = class_row_weights(rows, train, {"negative": 3.0, "positive": 1.0}, 0.9)
+    assert explicit[0] / explicit[1] == pytest.approx(3.0)
 
 
 @settings(max_examples=25, deadline=None)

@@ -16,6 +16,7 @@ from bench.common import format_summary, interleave, paired_ratios, summarize, t
 from bench.loop import training_flops  # noqa: E402
 from bench.quality import language_row, with_interval  # noqa: E402
 from bench.report import markdown_table, render_benchmarks, render_result  # noqa: E402
+from bench.variants import default_variant, summarise, with_overrides  # noqa: E402
 
 MACHINE = {"cpu_model": "Test CPU", "cores": 2, "torch_threads": 2, "load_average_1m": 0.5, "python": "3.11",
            "torch": "2.13.0", "transformers": "5.24.0"}
@@ -99,6 +100,32 @@ def test_validation_labels_can_change_the_adaptive_choice_and_test_labels_never_
     assert adaptive_choice(predictions, {**gold, "validation": flipped}, point_a)["chosen"] == point_b
 
 
+def test_variants_override_dotted_settings_and_exactly_one_matches_params() -> None:
+    settings = {"alpha": 0.7, "student": {"vocabulary": {"word_prior_tokens": 100}}}
+    changed = with_overrides(settings, {"student.vocabulary.word_prior_tokens": 0, "alpha": 0.5})
+    assert changed == {"alpha": 0.5, "student": {"vocabulary": {"word_prior_tokens": 0}}}
+    assert settings["student"]["vocabulary"]["word_prior_tokens"] == 100  # a copy
+    variants = {"on": {"student.vocabulary.word_prior_tokens": 100}, "off": {"student.vocabulary.word_prior_tokens": 0}}
+    assert default_variant(variants, settings) == "on"
+    with pytest.raises(ValueError, match="exactly one"):
+        default_variant({"a": {"alpha": 0.1}, "b": {"alpha": 0.2}}, settings)
+
+
+def test_a_variant_is_chosen_on_kd_validation_only() -> None:
+    def seed(kd_validation: float, test: float) -> dict:
+        return {"kd": {"validation": kd_validation, "test": test}, "ce": {"validation": 0.5, "test": test},
+                "segmented_as_teacher": 0.5}
+
+    config = {"seeds": 2}
+    results = {"es": {"off": [seed(0.70, 0.9), seed(0.72, 0.9)], "on": [seed(0.74, 0.1), seed(0.75, 0.1)]}}
+    assert summarise("x", "x", results, "off", config)["chosen"] == {"es": "on"}  # +0.035, sd 0.014
+    results["es"]["on"] = [seed(0.70, 0.99), seed(0.72, 0.99)]  # a tie on validation, test far better
+    summary = summarise("x", "x", results, "off", config)
+    assert summary["chosen"] == {"es": "off"} and summary["tables"][0]["rows"][1][6].startswith("+0.090")
+    results["es"]["on"] = [seed(0.69, 0.9), seed(0.75, 0.9)]  # +0.010, under its seed sd of 0.042: noise
+    assert summarise("x", "x", results, "off", config)["chosen"] == {"es": "off"}
+
+
 def test_quality_row_formats_intervals() -> None:
     system = {"macro_f1": 0.8, "macro_f1_ci_low": 0.75, "macro_f1_ci_high": 0.85}
     evaluation = {"lang": "sl", "test_rows": 230,
@@ -142,7 +169,8 @@ def test_skipped_result_renders_its_reason() -> None:
 def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
-                                           "transfer_sources", "adaptive", "scaling"]
+                                           "transfer_sources", "adaptive", "scaling", "class_weights",
+                                           "vocabulary"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 

@@ -15,7 +15,13 @@ from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from polydistill.data.transfer import TransferSettings, compose_transfer
-from polydistill.model.distill import distill_language, distillation_loss_for, encode_frame, language_settings
+from polydistill.model.distill import (
+    distill_language,
+    distillation_loss_for,
+    encode_frame,
+    language_settings,
+    with_class_weights,
+)
 from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels
 from polydistill.model.student import build_student_from_teacher
 from polydistill.model.tfidf import fit_baselines
@@ -94,6 +100,24 @@ def test_shared_mode_with_hidden_state_matching(workspace: dict[str, Path], tmp_
     assert report["kd"]["train_rows"] > report["transfer_rows"]["labelled"]
     assert report["ce"]["train_rows"] == report["kd"]["train_rows"]  # same size, labelled rows only
     assert 0 < report["segmentation"]["test"]["identical_share"] <= 1
+
+
+def test_class_weights_reach_both_students_and_leave_unlabelled_rows_at_one(workspace: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    transfer = pd.read_parquet(workspace["transfer"])
+    transfer = transfer[transfer["lang"] == "zh"].reset_index(drop=True)
+    train = pd.read_parquet(workspace["train"])
+    train = train[train["lang"] == "zh"]
+    explicit = {"negative": 3.0, "positive": 1.0}
+    weighted = with_class_weights(transfer, train, distill_settings(class_weights=explicit))
+    labelled = weighted["label"].notna()
+    assert (weighted.loc[~labelled, "weight"] == 1.0).all() and weighted.loc[labelled, "weight"].mean() == \
+        pytest.approx(1.0)
+    assert "weight" not in with_class_weights(transfer, train, distill_settings())
+    plain = run(workspace, tmp_path / "plain", "zh", distill_settings())
+    reweighted = run(workspace, tmp_path / "weighted", "zh", distill_settings(class_weights=explicit))
+    for variant in ("kd", "ce"):
+        assert reweighted[variant]["history"][0]["train_total"] != plain[variant]["history"][0]["train_total"]
 
 
 def test_a_student_with_every_teacher_layer_starts_at_zero_hidden_loss(workspace: dict[str, Path],

@@ -169,3 +169,33 @@ def test_layer_maps():
     assert uniform_layer_map(12, 12) == [(i, i) for i in range(13)]
     with pytest.raises(ValueError):
         uniform_layer_map(5, 4)
+
+
+def labels_with_unlabelled(labels: torch.Tensor) -> torch.Tensor:
+    """The batch's labels with every third row unlabelled (IGNORE_LABEL), as in a transfer set."""
+    return torch.where(torch.arange(len(labels)) % 3 == 2, torch.full_like(labels, IGNORE_LABEL), labels)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, temperature=temperatures, alpha=alphas, weight=st.integers(min_value=1, max_value=4),
+       row=st.integers(min_value=0, max_value=5))
+def test_a_row_of_weight_k_in_the_kd_loss_counts_as_k_copies(seed, temperature, alpha, weight, row):
+    student, teacher, labels = random_batch(seed)
+    labels = labels_with_unlabelled(labels)
+    weights = torch.where(torch.arange(6) == row, float(weight), 1.0).double()
+    repeated = torch.tensor(list(range(6)) + [row] * (weight - 1))
+    weighted_student, repeated_student = student.clone().requires_grad_(True), student.clone().requires_grad_(True)
+    distillation_loss(weighted_student, teacher, labels, alpha, temperature, weights).total.backward()
+    distillation_loss(repeated_student[repeated], teacher[repeated], labels[repeated], alpha, temperature
+                      ).total.backward()
+    torch.testing.assert_close(weighted_student.grad, repeated_student.grad, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, temperature=temperatures, alpha=alphas)
+def test_all_ones_weights_give_the_unweighted_kd_loss(seed, temperature, alpha):
+    student, teacher, labels = random_batch(seed)
+    labels = labels_with_unlabelled(labels)
+    plain = distillation_loss(student, teacher, labels, alpha, temperature)
+    ones = distillation_loss(student, teacher, labels, alpha, temperature, torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(ones.total, plain.total, rtol=1e-12, atol=1e-12)

@@ -66,6 +66,8 @@ def assert_data_plane(root: Path) -> None:
     assert transfer["languages"]["en"]["pool_dropped"]["overlaps_labelled_or_held_out"] == 1
     assert transfer["languages"]["sl"]["unlabelled"] > 0 and transfer["languages"]["sl"]["augmented"] > 0
     assert read_json(root / "data/unlabelled/provenance.json")["sources"]["file"]["rows_written"] == 19
+    assert read_json(root / "data/word_frequencies/provenance.json")["words_per_language"] == {
+        "en": 66, "sl": 37, "zh": 50}
 
 
 def assert_model_plane(root: Path) -> None:
@@ -76,6 +78,7 @@ def assert_model_plane(root: Path) -> None:
     for lang in LANGUAGES:
         distilled = read_json(root / f"metrics/distill/{lang}.json")
         assert distilled["student"]["layers"] == [0, 2] and distilled["student"]["vocab_size"] < teacher_vocab
+        assert distilled["student"]["word_list_words"] > 0
         for variant in ("kd", "ce"):
             folder = root / f"models/students/{lang}/{variant}"
             model = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -136,7 +139,9 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
     assert stages_to_rerun(repo_copy, "distill", "temperature", 4.0) == students_and_after
     after_balance = stages_to_rerun(repo_copy, "balance", "alpha", 0.5)
     assert "balance" in after_balance and "train_teacher" in after_balance
-    assert not after_balance & {"fetch", "prepare", "validate", "pretrained", "baseline", "unlabelled", "transfer"}
+    assert not after_balance & {"fetch", "prepare", "validate", "pretrained", "baseline", "unlabelled", "transfer",
+                                "word_frequencies"}
+    assert stages_to_rerun(repo_copy, "word_frequencies", "max_words", 10) == {"word_frequencies"} | students_and_after
     after_transfer = stages_to_rerun(repo_copy, "transfer", "unlabelled_fraction", 0.25)
     assert after_transfer == {"transfer", "soft_labels"} | students_and_after
 

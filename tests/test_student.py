@@ -40,6 +40,7 @@ from polydistill.model.student import (
     teacher_layer_student,
     trim_tokenizer,
     unknown_token_rate,
+    word_piece_prior,
 )
 
 torch.set_num_threads(1)
@@ -316,6 +317,52 @@ def test_the_prior_fills_the_cap_with_teacher_pieces_made_of_the_languages_chara
     unseen_candidates = [score for index, (piece, score) in enumerate(vocab) if index not in filled
                          and in_scripts(piece)]
     assert min(score for _piece, score in prior) >= max(unseen_candidates, default=float("-inf"))
+
+
+def test_the_word_prior_segments_words_as_running_text_does_and_sums_to_its_tokens(teacher_json, teacher_tokenizer):
+    english = word_piece_prior(teacher_json, [("story", 0.5), ("music", 0.25)], 100.0, 0.0, 0.0)
+    assert sum(english.values()) == pytest.approx(100.0)
+    story, music = (teacher_tokenizer.encode(word, add_special_tokens=False).ids for word in ("story", "music"))
+    assert set(english) == set(story) | set(music)  # as after a space: "▁story"
+    assert english[story[0]] / english[music[0]] == pytest.approx(2.0)  # a piece of each, weighed by frequency
+    capitalised = word_piece_prior(teacher_json, [("story", 0.5)], 100.0, 0.3, 0.05)
+    variants = ("story", "Story", "STORY")
+    assert set(capitalised) == {index for word in variants
+                                for index in teacher_tokenizer.encode(word, add_special_tokens=False).ids}
+    chinese = word_piece_prior(teacher_json, [("酒店", 1.0)], 10.0, 0.0, 0.0)
+    inside = teacher_tokenizer.encode("这家酒店", add_special_tokens=False)  # an unspaced word inside its text
+    assert set(chinese) == {index for index, token in zip(inside.ids, inside.tokens) if "\u2581" not in token
+                            and token in {"酒店", "酒", "店"}}
+
+
+def test_a_word_list_keeps_the_pieces_of_listed_words_that_the_texts_lack(teacher_json, teacher_tokenizer):
+    texts, held_out = CORPUS["es"][:10], CORPUS["es"][10:]
+    words = [(word, 1e-3) for part in SPANISH for phrase in part for word in phrase.split()]
+    prior = word_piece_prior(teacher_json, words, 1000.0, 0.0, 0.0)
+    uncapped = language_vocabulary(teacher_json, texts)
+    listed = set(prior) - set(uncapped)
+    cap = len(set(uncapped) | listed)
+    without = language_vocabulary(teacher_json, texts, max_pieces=cap, teacher_prior=True)
+    with_list = language_vocabulary(teacher_json, texts, max_pieces=cap, teacher_prior=True, word_prior=prior)
+    assert listed and len(without) == len(with_list) == cap
+    assert listed <= set(with_list) and not listed <= set(without)
+
+    def fidelity(kept: list[int]) -> float:
+        student = Tokenizer.from_str(json.dumps(trim_tokenizer(teacher_json, kept)))
+        return segmentation_fidelity(teacher_tokenizer, student, kept, held_out).identical_share
+
+    assert fidelity(with_list) > fidelity(without)
+    assert language_vocabulary(teacher_json, texts, word_prior=prior) == uncapped  # no cap: no prior
+
+
+def test_texts_outweigh_a_word_prior_of_fewer_tokens(teacher_json):
+    required = language_vocabulary(teacher_json, CORPUS["en"], max_pieces=0)
+    seen = language_vocabulary(teacher_json, CORPUS["en"])
+    listed = [index for index in range(len(teacher_json["model"]["vocab"])) if index not in seen][:3]
+    cap = len(required) + 3
+    weak = language_vocabulary(teacher_json, CORPUS["en"], max_pieces=cap, word_prior=dict.fromkeys(listed, 0.5))
+    strong = language_vocabulary(teacher_json, CORPUS["en"], max_pieces=cap, word_prior=dict.fromkeys(listed, 1e9))
+    assert not set(listed) & set(weak) and set(listed) <= set(strong)
 
 
 def test_segmentation_fidelity_counts_identical_texts_and_extra_tokens(teacher_json):

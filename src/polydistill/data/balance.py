@@ -9,7 +9,8 @@ class weight, each given explicitly or derived from the natural counts before sa
 ``inverse_sqrt``: 1/√n, ``effective_number``: (1 − β)/(1 − βⁿ), Cui et al. 2019; class counts are counted within
 each language). Weights are normalised so their mean over the sampled rows is 1, and stored in a ``weight`` column
 that the teacher's loss reads (a weighted mean, see polydistill.model.training). Each language's share of the loss is
-then its sampling share × its mean weight; the report states both.
+then its sampling share × its mean weight; the report states both. A student sees one language, so only class
+weights apply to it (``class_row_weights``, params ``distill.class_weights``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ def row_weights(sample: pd.DataFrame, population: pd.DataFrame, settings: LossWe
     weights = np.array([language[lang] * classes[lang][label]
                         for lang, label in zip(sample["lang"], sample["label"], strict=True)])
     return weights / weights.mean()
+
+
+def class_row_weights(labels: pd.Series, population_labels: pd.Series, scheme: str | dict[str, float],
+                      beta: float) -> np.ndarray:
+    """Per-class loss weights of one language's training rows (a student's), from the population's class counts.
+
+    Labelled rows get their class's weight, normalised to mean 1 over the labelled rows; rows without a label
+    (unlabelled or augmented text, NaN) weigh 1, so the mean over all rows is 1 as well.
+    """
+    classes = derived_weights(population_labels.value_counts().to_dict(), scheme, beta)
+    labelled = labels.notna().to_numpy()
+    weights = np.ones(len(labels))
+    if labelled.any():
+        chosen = np.array([classes[label] for label in labels[labelled]])
+        weights[labelled] = chosen / chosen.mean()
+    return weights
 
 
 def temperature_shares(counts: dict[str, int], alpha: float) -> dict[str, float]:

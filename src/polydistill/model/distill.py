@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from polydistill.data.balance import class_row_weights
+from polydistill.data.word_frequencies import read_word_frequencies
 from polydistill.model.losses import (
     IGNORE_LABEL,
     HiddenProjector,
@@ -53,19 +56,20 @@ STUDENT_CODE = tuple(Path(__file__).with_name(f"{module}.py")  # the source a st
 
 
 def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],
-                  seed: int, max_length: int) -> StudentInfo:
-    """The initial student for one language, as params.yaml's distill.student describes."""
+                  seed: int, max_length: int, words: Sequence[tuple[str, float]] = ()) -> StudentInfo:
+    """The initial student for one language, as params.yaml's distill.student describes; its vocabulary from
+    texts and the language's word frequency list."""
     vocabulary = VocabularySettings(**student["vocabulary"])
     if student["kind"] == "from_teacher":
-        return build_student_from_teacher(teacher_dir, texts, student["layers"], output_dir, vocabulary)
+        return build_student_from_teacher(teacher_dir, texts, student["layers"], output_dir, vocabulary, words)
     if student["kind"] == "narrow":
         narrow = NarrowSettings(**student["narrow"], max_length=max_length)
-        return build_narrow_student(teacher_dir, texts, student["layers"], narrow, output_dir, vocabulary)
+        return build_narrow_student(teacher_dir, texts, student["layers"], narrow, output_dir, vocabulary, words)
     if student["kind"] == "scratch":
         scratch = student["scratch"]
         return build_scratch_student(teacher_dir, texts, scratch["hidden_size"], scratch["num_layers"],
                                      scratch["num_heads"], scratch["intermediate_size"], output_dir, seed,
-                                     vocabulary)
+                                     vocabulary, words)
     raise ValueError(f"unknown distill.student.kind '{student['kind']}': use from_teacher, narrow or scratch")
 
 
@@ -94,7 +98,8 @@ class KnowledgeDistillationLoss:
     def __call__(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         outputs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                         output_hidden_states=self.hidden_weight > 0)
-        parts = distillation_loss(outputs.logits, batch.teacher_logits, batch.labels, self.alpha, self.temperature)
+        parts = distillation_loss(outputs.logits, batch.teacher_logits, batch.labels, self.alpha, self.temperature,
+                                  batch.weights)
         losses = {"total": parts.total, "distillation": parts.distillation, "cross_entropy": parts.cross_entropy}
         if self.hidden_weight > 0:
             with torch.inference_mode():
@@ -183,8 +188,9 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     The KD student learns from the transfer set (labelled, unlabelled and augmented rows with the teacher's soft
     labels), the CE-only student from the labelled rows alone (the balanced labelled set), so the KD gain measures
     what the teacher adds. Both start from the same initial student, whose vocabulary covers all of the language's
-    text except validation and test. paths: teacher, tfidf, soft_labels, transfer, pool, labelled_transfer,
-    teacher_set, train, validation, test, output, metrics, work.
+    text except validation and test, ranked with the language's word frequency list where paths has one. paths:
+    teacher, tfidf, soft_labels, transfer, pool, labelled_transfer, teacher_set, train, validation, test, output,
+    metrics, work, and optionally word_frequencies (a word_frequencies stage output).
     """
     settings = language_settings(settings, lang)
     torch.set_num_threads(settings["threads"])
@@ -210,9 +216,11 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
         raise ValueError(f"unknown distill.mode '{settings['mode']}': use shared or independent")
 
     vocabulary_texts = pd.concat([frames["train"]["text"], frames["pool"]["text"], frames["transfer"]["text"]])
+    words = read_word_frequencies(paths["word_frequencies"], lang) if paths.get("word_frequencies") else []
     info = build_student(teacher_dir, vocabulary_texts.drop_duplicates().tolist(), output / "initial",
-                         settings["student"], settings["train"]["seed"], settings["train"]["max_length"])
+                         settings["student"], settings["train"]["seed"], settings["train"]["max_length"], words)
     report["student"] = {"kind": settings["student"]["kind"], "vocab_size": info.vocab_size,
+                         "word_list_words": len(words),
                          "total_params": info.total_params, "non_embedding_params": info.non_embedding_params,
                          "layers": list(info.layers), "hidden_size": info.hidden_size}
     report["segmentation"] = {split: student_segmentation(teacher_dir, output / "initial",
@@ -223,6 +231,7 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
         loss = distillation_loss_for(variant, settings, teacher_dir, output / "initial", info)
         train_frame, logits = ((frames["transfer"], transfer_logits) if variant == "kd"
                                else (frames["labelled_transfer"], None))
+        train_frame = with_class_weights(train_frame, frames["train"], settings)
         key = _student_run_key(variant, lang, settings, output / "initial",
                                [train_frame, frames["validation"]] + ([logits, soft_dir / "fingerprint.json"]
                                                                       if variant == "kd" else []))
@@ -233,6 +242,16 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     paths["metrics"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def with_class_weights(frame: pd.DataFrame, train: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+    """The frame with a `weight` column of per-class loss weights (distill.class_weights, from the language's
+    train split), or unchanged when there are none."""
+    if settings["class_weights"] == "none":
+        return frame
+    weights = class_row_weights(frame["label"], train["label"], settings["class_weights"],
+                                settings["class_weight_beta"])
+    return frame.assign(weight=weights)
 
 
 def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_dir: Path,

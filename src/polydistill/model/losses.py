@@ -30,7 +30,8 @@ class LossParts:
 
 
 def distillation_loss(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float, temperature: float
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float, temperature: float,
+    weights: Tensor | None = None,
 ) -> LossParts:
     """Hinton distillation: alpha * T² * KL(softmax(t/T) ‖ softmax(s/T)) + (1 - alpha) * CE(labels, s).
 
@@ -39,6 +40,8 @@ def distillation_loss(
     (detached). A row without a gold label (label -100: unlabelled or augmented text) learns from the teacher
     alone, with weight 1 on its KL term; the total is the mean over rows, so a fully labelled batch gets exactly
     alpha * batch-mean KL * T² + (1 - alpha) * mean CE. The logged cross_entropy is the mean over labelled rows.
+    With per-row loss weights the total is the weighted mean Σ wᵢ·ℓᵢ / Σ wᵢ (a row of weight k counts as k copies
+    of the row); the logged parts stay unweighted.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -54,7 +57,8 @@ def distillation_loss(
     labelled = labels != IGNORE_LABEL
     cross_entropy_per_row = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none") * labelled
     row_alpha = torch.where(labelled, torch.full_like(kl_per_row, alpha), torch.ones_like(kl_per_row))
-    total = (row_alpha * distillation_per_row + (1.0 - row_alpha) * cross_entropy_per_row).mean()
+    per_row = row_alpha * distillation_per_row + (1.0 - row_alpha) * cross_entropy_per_row
+    total = per_row.mean() if weights is None else (weights * per_row).sum() / weights.sum()
     cross_entropy = cross_entropy_per_row.sum() / labelled.sum().clamp(min=1)
     return LossParts(total=total, distillation=distillation_per_row.mean(), cross_entropy=cross_entropy)
 

@@ -174,13 +174,14 @@ def narrow_state_dict(wide: dict[str, torch.Tensor], statistics: ActivationStati
 
 def build_narrow_student(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
                          settings: NarrowSettings, output_dir: str | Path,
-                         vocabulary: VocabularySettings = VocabularySettings()) -> StudentInfo:
+                         vocabulary: VocabularySettings = VocabularySettings(),
+                         words: Sequence[tuple[str, float]] = ()) -> StudentInfo:
     """The teacher-layer student narrowed to settings' width, heads and FFN size, written to output_dir.
 
     The statistics come from the first ``sample_texts`` of ``texts`` (callers pass them in a fixed order).
     """
     texts = list(texts)
-    wide, tokenizer_json, kept = teacher_layer_student(teacher_dir, texts, layers, vocabulary)
+    wide, tokenizer_json, kept = teacher_layer_student(teacher_dir, texts, layers, vocabulary, words)
     config = wide.config
     head_dim = config.hidden_size // config.num_attention_heads
     if settings.hidden_size > config.hidden_size or settings.num_heads > config.num_attention_heads \

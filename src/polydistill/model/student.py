@@ -12,7 +12,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ CONFIG_TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 TEACHER_TOKEN_IDS_FILE = "teacher_token_ids.json"
 LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
 WORD_EMBEDDINGS_KEY = "embeddings.word_embeddings.weight"
+UNSPACED_SCRIPTS = frozenset({"CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN"})
 
 
 @dataclass(frozen=True)
@@ -80,16 +81,54 @@ def _single_character(piece: str) -> str | None:
     return bare if len(bare) == 1 else None
 
 
+def word_piece_prior(tokenizer_json: dict[str, Any] | Path, words: Sequence[tuple[str, float]], tokens: float,
+                     capitalised_weight: float, upper_weight: float) -> Counter[int]:
+    """Pseudo-counts of teacher pieces from a word frequency list, summing to ``tokens``.
+
+    Each (lower-case) word counts with its frequency, its Capitalised and UPPER forms with that frequency times
+    capitalised_weight and upper_weight. A word is segmented as it appears in running text: after a space, or,
+    in an unspaced script (see UNSPACED_SCRIPTS), inside the text, with no word-boundary piece.
+    """
+    content = load_tokenizer_json(tokenizer_json)
+    tokenizer = Tokenizer.from_str(json.dumps(content))
+    forms = list(words)
+    for word, frequency in words:
+        if word[:1].isalpha():
+            forms += [(variant, frequency * weight) for variant, weight in
+                      ((word[:1].upper() + word[1:], capitalised_weight), (word.upper(), upper_weight))
+                      if weight > 0 and variant != word]
+    weights: Counter[int] = Counter()
+    spaced = [(form, frequency) for form, frequency in forms if not _unspaced(form)]
+    for (_form, frequency), encoding in zip(spaced, tokenizer.encode_batch([form for form, _ in spaced],
+                                                                           add_special_tokens=False)):
+        for index in encoding.ids:
+            weights[index] += frequency
+    for form, frequency in forms:
+        if _unspaced(form):
+            normalized = tokenizer.normalizer.normalize_str(form) if tokenizer.normalizer else form
+            for token in tokenizer.model.tokenize(normalized):
+                weights[token.id] += frequency
+    total = sum(weights.values())
+    return Counter({index: tokens * weight / total for index, weight in weights.items()}) if total else Counter()
+
+
+def _unspaced(word: str) -> bool:
+    return any(character_class(char) in UNSPACED_SCRIPTS for char in word)
+
+
 def language_vocabulary(tokenizer_json: dict[str, Any] | Path, texts: Iterable[str],
-                        max_pieces: int | None = None, teacher_prior: bool = False) -> list[int]:
+                        max_pieces: int | None = None, teacher_prior: bool = False,
+                        word_prior: Mapping[int, float] | None = None) -> list[int]:
     """Sorted teacher token ids a language needs, judged from its texts.
 
     Always kept: (1) the special tokens; (2) the bare word-boundary piece and every single-character piece, with
     or without the word-boundary prefix, whose character class (see ``character_class``: the script for letters,
     the Unicode category otherwise) occurs in the texts' pieces, so an unseen word still splits into known
-    characters, not <unk>. Then (3) the pieces the texts tokenize into, most frequent first, and, with
+    characters, not <unk>. Then (3) the pieces the texts tokenize into, most frequent first, their counts plus
+    the pseudo-counts of word_prior (see ``word_piece_prior``), which also ranks pieces the texts lack; and, with
     teacher_prior, (4) the teacher's other pieces made only of characters the texts use (case-folded), by the
-    teacher's own unigram score (its estimate of how common a piece is), until max_pieces (None: no cap, no prior).
+    teacher's own unigram score (its estimate of how common a piece is), until max_pieces (None: no cap, no
+    prior of either kind).
     """
     content = load_tokenizer_json(tokenizer_json)
     tokenizer = Tokenizer.from_str(json.dumps(content))
@@ -107,12 +146,15 @@ def language_vocabulary(tokenizer_json: dict[str, Any] | Path, texts: Iterable[s
         char = _single_character(piece)
         if char == WORD_BOUNDARY or (char is not None and character_class(char) in seen_classes):
             required.add(index)
-    by_frequency = [index for index, _count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    ranked = Counter(counts)
+    if word_prior and max_pieces is not None:
+        ranked.update({index: weight for index, weight in word_prior.items() if index not in special_ids})
+    by_frequency = [index for index, _count in sorted(ranked.items(), key=lambda item: (-item[1], item[0]))]
     candidates = by_frequency
     if teacher_prior and max_pieces is not None:
         characters = {char for text in texts for char in text.casefold()}
         in_language = [index for index, (piece, _score) in enumerate(vocab)
-                       if index not in counts and index not in required and piece.replace(WORD_BOUNDARY, "")
+                       if index not in ranked and index not in required and piece.replace(WORD_BOUNDARY, "")
                        and all(char in characters for char in piece.replace(WORD_BOUNDARY, "").casefold())]
         candidates = by_frequency + sorted(in_language, key=lambda index: (-vocab[index][1], index))
     budget = len(candidates) if max_pieces is None else max(max_pieces - len(required), 0)
@@ -297,30 +339,38 @@ class VocabularySettings:
 
     max_pieces: int | None = None
     teacher_prior: bool = False
+    word_prior_tokens: float = 0.0  # how many tokens of text the word frequency list counts as (0: unused)
+    capitalised_weight: float = 0.0
+    upper_weight: float = 0.0
 
 
-def _trimmed_vocabulary(teacher_dir: Path, texts: Iterable[str],
-                        vocabulary: VocabularySettings) -> tuple[dict[str, Any], list[int]]:
+def _trimmed_vocabulary(teacher_dir: Path, texts: Iterable[str], vocabulary: VocabularySettings,
+                        words: Sequence[tuple[str, float]]) -> tuple[dict[str, Any], list[int]]:
     teacher_tokenizer = load_tokenizer_json(teacher_dir / "tokenizer.json")
-    kept = language_vocabulary(teacher_tokenizer, texts, vocabulary.max_pieces, vocabulary.teacher_prior)
+    word_prior = (word_piece_prior(teacher_tokenizer, words, vocabulary.word_prior_tokens,
+                                   vocabulary.capitalised_weight, vocabulary.upper_weight)
+                  if words and vocabulary.word_prior_tokens > 0 else None)
+    kept = language_vocabulary(teacher_tokenizer, texts, vocabulary.max_pieces, vocabulary.teacher_prior, word_prior)
     return trim_tokenizer(teacher_tokenizer, kept), kept
 
 
 def teacher_layer_student(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
-                          vocabulary: VocabularySettings = VocabularySettings()
+                          vocabulary: VocabularySettings = VocabularySettings(),
+                          words: Sequence[tuple[str, float]] = ()
                           ) -> tuple[PreTrainedModel, dict[str, Any], list[int]]:
     """In memory: the student made of teacher parts, its trimmed tokenizer.json and the kept teacher ids.
 
     ``layers`` are 0-based teacher layers in increasing order; they become student layers 0..len-1.
     Position/type embeddings, LayerNorms, pooler and classifier are copied; labels keep their ids.
-    The vocabulary comes from ``texts`` (see ``language_vocabulary``).
+    The vocabulary comes from ``texts`` and the language's word frequency list ``words`` (see
+    ``language_vocabulary``).
     """
     teacher_dir = Path(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     num_teacher_layers = teacher.config.num_hidden_layers
     if not layers or list(layers) != sorted(set(layers)) or not 0 <= layers[0] <= layers[-1] < num_teacher_layers:
         raise ValueError(f"layers must be increasing, distinct and within 0..{num_teacher_layers - 1}, got {layers}")
-    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, vocabulary)
+    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, vocabulary, words)
     config = _student_config(teacher.config, kept, num_hidden_layers=len(layers))
     student = AutoModelForSequenceClassification.from_config(config)
     student.load_state_dict(_student_state_dict(teacher.state_dict(), kept, layers), strict=True)
@@ -329,22 +379,24 @@ def teacher_layer_student(teacher_dir: str | Path, texts: Iterable[str], layers:
 
 def build_student_from_teacher(teacher_dir: str | Path, texts: Iterable[str], layers: Sequence[int],
                                output_dir: str | Path,
-                               vocabulary: VocabularySettings = VocabularySettings()) -> StudentInfo:
+                               vocabulary: VocabularySettings = VocabularySettings(),
+                               words: Sequence[tuple[str, float]] = ()) -> StudentInfo:
     """``teacher_layer_student`` written to output_dir."""
-    student, tokenizer_json, kept = teacher_layer_student(teacher_dir, texts, layers, vocabulary)
+    student, tokenizer_json, kept = teacher_layer_student(teacher_dir, texts, layers, vocabulary, words)
     return save_student(student, tokenizer_json, kept, Path(output_dir), layers)
 
 
 def build_scratch_student(teacher_dir: str | Path, texts: Iterable[str], hidden_size: int, num_layers: int,
                           num_heads: int, intermediate_size: int, output_dir: str | Path, seed: int,
-                          vocabulary: VocabularySettings = VocabularySettings()) -> StudentInfo:
+                          vocabulary: VocabularySettings = VocabularySettings(),
+                          words: Sequence[tuple[str, float]] = ()) -> StudentInfo:
     """A smaller, randomly initialised BERT (seeded) on the language's trimmed teacher tokenizer.
 
     Everything not overridden (labels, positions, activation, dropout) follows the teacher's config.
     """
     teacher_dir, output_dir = Path(teacher_dir), Path(output_dir)
     teacher_config = AutoConfig.from_pretrained(teacher_dir)
-    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, vocabulary)
+    tokenizer_json, kept = _trimmed_vocabulary(teacher_dir, texts, vocabulary, words)
     config = _student_config(teacher_config, kept, hidden_size=hidden_size, num_hidden_layers=num_layers,
                              num_attention_heads=num_heads, intermediate_size=intermediate_size)
     with torch.random.fork_rng(devices=[]):
