@@ -2,15 +2,17 @@
 
 PostgreSQL comes from pgserver, a PostgreSQL build inside a wheel (pip only: no system package, no service), with
 its data in `<tracking_server.data_dir>/postgres` and reached over a Unix socket in that folder, never a TCP port.
-PostgreSQL refuses to run as root, so when started by root pgserver creates a `pgserver` system user and hands it
-the data folder. `mlflow server` keeps runs and the model registry in that database and stores and serves the
-artifacts itself (`--artifacts-destination`), bound to 127.0.0.1. Clients then set
+PostgreSQL refuses to run as root, so when started by root pgserver creates a `pgserver` system user (with
+`useradd`: /usr/sbin and /sbin are added to a PATH that lacks them) and hands it the data folder. `mlflow server`
+keeps runs and the model registry in that database and stores and serves the artifacts itself
+(`--artifacts-destination`), bound to 127.0.0.1. Clients then set
 MLFLOW_TRACKING_URI=http://127.0.0.1:<port> (or `registry.tracking_uri`); everything else works unchanged. The
 registry lock for such a URI is a file lock per URI in the temp folder: it serialises promotions on this host.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin")  # where useradd lives
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,20 @@ def start_database(data_dir: Path, database: str) -> tuple[Any, str]:
     """The PostgreSQL server of data_dir (started unless running) with `database` created; its SQLAlchemy URI."""
     import pgserver
 
+    if os.geteuid() == 0:
+        add_system_bin_dirs_to_path()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")
     if "(0 rows)" in server.psql(f"SELECT datname FROM pg_database WHERE datname = '{database}';"):
         server.psql(f"CREATE DATABASE {database};")
     return server, server.get_uri(database).replace("postgresql://", "postgresql+psycopg2://", 1)  # the pinned driver
+
+
+def add_system_bin_dirs_to_path() -> None:
+    """Append /usr/sbin and /sbin to PATH where missing: root's pgserver runs `useradd` from PATH, and a minimal
+    PATH (`env -i`, cron) lacks them."""
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([*path, *(folder for folder in SYSTEM_BIN_DIRS if folder not in path)])
 
 
 def server_command(backend_uri: str, artifacts: Path, settings: TrackingServerSettings) -> list[str]:
