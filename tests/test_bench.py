@@ -16,6 +16,7 @@ from bench.common import format_summary, interleave, paired_ratios, summarize, t
 from bench.loop import training_flops  # noqa: E402
 from bench.quality import language_row, with_interval  # noqa: E402
 from bench.report import markdown_table, render_benchmarks, render_result  # noqa: E402
+from bench.speed import identification  # noqa: E402
 from bench.variants import default_variant, summarise, with_overrides  # noqa: E402
 
 MACHINE = {"cpu_model": "Test CPU", "cores": 2, "torch_threads": 2, "load_average_1m": 0.5, "python": "3.11",
@@ -213,3 +214,13 @@ def test_the_scaling_projection_never_slows_with_workers_and_keeps_serial_stages
     one = project(1)
     assert one["wall"] == pytest.approx(languages / 5 * (33 + 93 + 479 + 292 + 56 + 986) + 985)
     assert one["cpu"] == pytest.approx(2 * one["wall"])  # one 2-core worker, busy throughout
+
+
+def test_identification_shares_count_each_groups_own_language_and_refusals() -> None:
+    groups = {"es": ["Qué día tan bonito, me encanta!", "No me gustó nada, muy mal servicio."],
+              "de/nl (not served)": ["Der Film war langweilig und viel zu lang."]}
+    found = identification(groups, ["en", "es", "id", "sl", "zh"], {"foreign_confidence": 0.5,
+                                                                     "foreign_confirmation": 0.9})["groups"]
+    assert found["es"] == {"texts": 2, "routed_to_own": 1.0, "refused": 0.0, "screen_alone_refused": 0.5}
+    assert found["de/nl (not served)"] == {"texts": 1, "routed_to_own": 0.0, "refused": 1.0,
+                                           "screen_alone_refused": 1.0}

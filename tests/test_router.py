@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
 from polydistill.model.runtime import TextClassifier, for_runtime
-from polydistill.ops import inference_log, pipeline_run, promotion, serving
+from polydistill.ops import inference_log, pipeline_run, promotion, router, serving
 
 MIXED = pd.DataFrame({"text": [
     "The film was a delight from start to finish.",
@@ -95,6 +95,20 @@ def test_text_in_a_language_without_a_student_is_answered_as_unsupported(loaded_
                                       "unsupported language (ja)", "language not recognised", "ok"]
     assert output["label"][:4].isna().all() and output["student_version"][:4].isna().all()
     assert output["label"][4] in {"negative", "positive"}
+
+
+CONFIGURED = ["en", "es", "id", "sl", "zh"]
+
+
+def test_the_screens_false_alarms_are_routed_and_confirmed_foreign_text_is_refused() -> None:
+    identifier = router.LanguageIdentifier(CONFIGURED, screen_confidence=0.5, confirm_confidence=0.9)
+    false_alarms = ["Pelayanannya lambat dan makanannya dingin.", "Qué día tan bonito, me encanta!"]
+    foreign = ["Obrigado pela ajuda, foi muito útil.", "Ovo je bio jako dobar film, preporučujem."]
+    for text in false_alarms:  # the 75-language screen alone takes these for Malay and Esperanto
+        top = identifier.screen.compute_language_confidence_values(text)[0]
+        assert top.value >= 0.5 and router.iso_code(top.language) not in CONFIGURED
+    assert identifier.identify(false_alarms + foreign) == [
+        ("id", "ok"), ("es", "ok"), (None, "unsupported language (pt)"), (None, "unsupported language (hr)")]
 
 
 def test_router_is_rebuilt_only_when_a_champion_or_its_build_changes(tmp_path: Path, router_project: Path) -> None:

