@@ -2,16 +2,16 @@
 
 The router is logged by polydistill.ops.serving.register_router as an MLflow "model from code": this file travels with
 the model (no pickle, no polydistill install needed to serve it), with each champion student as an artifact and a
-model_config of {languages, student_versions, runtime, max_length, batch_size, max_rows, max_text_chars,
-foreign_confidence, foreign_confirmation}. polydistill/model/runtime.py travels beside it (MLflow code_paths), so each
-student runs in the same runtime (e.g. int8) as in the evaluate stage and the gate. A text goes to the student named
-by its `lang` column when given, otherwise to the language that lingua detects among the configured ones (lingua: a
-maintained, offline, n-gram based detector); with `lang` given, no detection runs. Text in a language we do not serve
-is answered "unsupported language" instead of being forced into the nearest configured one when lingua's 75-language
-screen is at least `foreign_confidence` sure of it and a high-accuracy check confirms it with `foreign_confirmation`
-(LanguageIdentifier). Each output row has a `status`: "ok", "unsupported language (<iso>)", "language not recognised"
-(no letters, e.g. "123": pass `lang`) or "no champion for <lang>" (a configured language whose student has not been
-promoted); only "ok" rows carry a label.
+model_config of {languages, student_versions, runtime, max_length, batch_size, inference_threads, threads, max_rows,
+max_text_chars, foreign_confidence, foreign_confirmation}. polydistill/model/runtime.py travels beside it (MLflow
+code_paths), so each student runs in the same runtime (e.g. int8) as in the evaluate stage and the gate. A text goes
+to the student named by its `lang` column when given, otherwise to the language that lingua detects among the
+configured ones (lingua: a maintained, offline, n-gram based detector); with `lang` given, no detection runs. Text in
+a language we do not serve is answered "unsupported language" instead of being forced into the nearest configured one
+when lingua's 75-language screen is at least `foreign_confidence` sure of it and a high-accuracy check confirms it
+with `foreign_confirmation` (LanguageIdentifier). Each output row has a `status`: "ok", "unsupported language
+(<iso>)", "language not recognised" (no letters, e.g. "123": pass `lang`) or "no champion for <lang>" (a configured
+language whose student has not been promoted); only "ok" rows carry a label.
 Requests over `max_rows` rows or with a text over `max_text_chars` characters are refused with HTTP 400.
 When the server's environment names an inference log (polydistill/ops/inference_log.py, also shipped as code_paths),
 every answered text is recorded there for the monitor flow.
@@ -19,8 +19,11 @@ every answered text is recorded there for the monitor flow.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import mlflow.models
@@ -86,10 +89,10 @@ def lingua_languages(codes: list[str]) -> list[Any]:
 
 
 def language_detector(languages: list[str]) -> Any:
-    """A high-accuracy lingua detector restricted to the configured ISO 639-1 languages."""
+    """A high-accuracy lingua detector restricted to the configured ISO 639-1 languages, its models loaded now."""
     from lingua import LanguageDetectorBuilder
 
-    return LanguageDetectorBuilder.from_languages(*lingua_languages(languages)).build()
+    return LanguageDetectorBuilder.from_languages(*lingua_languages(languages)).with_preloaded_language_models().build()
 
 
 def iso_code(language: Any) -> str:
@@ -105,7 +108,9 @@ class LanguageIdentifier:
     3. confirmation: a flagged text is scored again in high-accuracy mode over the configured languages and the
        flagged one; it is unsupported only if the flagged language wins with at least `confirm_confidence`.
     The screen alone refused 26% of the Spanish and Indonesian test tweets (taken for Portuguese, Malay, ...); with the
-    confirmation 1.2% at most, while it still refuses 98% of German and Dutch sentences (BENCHMARKS.md, router).
+    confirmation 1.2% at most, while it still refuses 94.5% of German and Dutch sentences (BENCHMARKS.md, benchmark 2).
+    The routing detector's and the screen's models load with the router (~0.5 s, ~350 MB); a confirmation
+    language's high-accuracy models load the first time the screen flags it (0.1-0.5 s once; ~1 GB if all 70 do).
     """
 
     def __init__(self, languages: list[str], screen_confidence: float, confirm_confidence: float) -> None:
@@ -115,7 +120,8 @@ class LanguageIdentifier:
         self.screen_confidence = screen_confidence
         self.confirm_confidence = confirm_confidence
         self.detector = language_detector(languages)
-        self.screen = LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
+        self.screen = (LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode()
+                       .with_preloaded_language_models().build())
         self.confirmers: dict[Any, Any] = {}  # flagged language -> its high-accuracy detector, built when first met
 
     def confirmer(self, foreign: Any) -> Any:
@@ -173,11 +179,24 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
         self.identifier = LanguageIdentifier(self.languages, float(config["foreign_confidence"]),
                                              float(config["foreign_confirmation"]))
         self.inference_log = InferenceLog.from_environment()
-        # The scoring server calls predict from a pool of threads. A fast tokenizer's padding is shared state, so
-        # concurrent calls pad to each other's lengths and fail, and torch on each thread starts its own OpenMP team
-        # whose idle threads spin on the cores (one text took 6 ms longer): one thread does all tokenizing and
-        # inference.
-        self.inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-inference")
+        # The scoring server calls predict from a pool of threads; tokenizing and inference run on a pool of their
+        # own instead, `inference_threads` threads of `threads` torch threads each. torch on each calling thread
+        # starts its own OpenMP team whose idle threads spin on the cores (on the server's threads one text took
+        # 6 ms longer), and a fast tokenizer's padding is shared state (concurrent calls pad to each other's lengths
+        # and fail), so each inference thread sets its torch threads and copies the tokenizers for itself.
+        self.thread_state = threading.local()
+        self.inference_pool = ThreadPoolExecutor(max_workers=int(config["inference_threads"]),
+                                                 thread_name_prefix="router-inference",
+                                                 initializer=self.start_inference_thread,
+                                                 initargs=(int(config["threads"]),))
+
+    def start_inference_thread(self, threads: int) -> None:
+        """On a new inference thread: its torch thread count (OpenMP's is per thread) and its own tokenizers."""
+        import torch
+
+        torch.set_num_threads(threads)
+        self.thread_state.students = {lang: replace(student, tokenizer=copy.deepcopy(student.tokenizer))
+                                      for lang, student in self.students.items()}
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """lang, label, score, student_version and status for each row of a frame with text (and optional lang)."""
@@ -193,30 +212,46 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
                     for lang, status in zip(langs, statuses, strict=True)]
         labels: list[str | None] = [None] * len(texts)
         scores: list[float | None] = [None] * len(texts)
-        for lang in sorted({lang for lang, status in zip(langs, statuses, strict=True) if status == "ok"}):
-            rows = [row for row, status in enumerate(statuses) if status == "ok" and langs[row] == lang]
-            for row, label, score in zip(rows, *self.classify(lang, [texts[row] for row in rows]), strict=True):
+        groups: dict[str, list[int]] = {}
+        for row, (lang, status) in enumerate(zip(langs, statuses, strict=True)):
+            if status == "ok":
+                groups.setdefault(lang, []).append(row)
+        answers = self.classify({lang: [texts[row] for row in rows] for lang, rows in groups.items()})
+        for lang, rows in groups.items():
+            for row, label, score in zip(rows, *answers[lang], strict=True):
                 labels[row], scores[row] = label, score
         versions = [self.versions[lang] if status == "ok" else None
                     for lang, status in zip(langs, statuses, strict=True)]
         output = pd.DataFrame({"lang": langs, "label": labels, "score": scores, "student_version": versions,
                                "status": statuses}, dtype=object)
-        if self.inference_log is not None:  # it tokenizes too, so on the same thread
-            self.inference_thread.submit(self.inference_log.record, texts, output.to_dict("records"),
-                                         {lang: student.tokenizer for lang, student in self.students.items()},
-                                         self.identifier.detector).result()
+        if self.inference_log is not None:  # it tokenizes too, so on an inference thread
+            self.inference_pool.submit(self.record_inference, texts, output.to_dict("records")).result()
         return output
 
-    def classify(self, lang: str, texts: list[str]) -> tuple[list[str], list[float]]:
-        """One language's texts through its student, in batches, on the inference thread: top label and its
-        probability."""
-        student = self.students[lang]
-        labels, scores = [], []
-        for start in range(0, len(texts), self.batch_size):
-            probabilities = self.inference_thread.submit(student, texts[start:start + self.batch_size]).result()
-            labels += [student.label_names[int(index)] for index in probabilities.argmax(axis=1)]
-            scores += probabilities.max(axis=1).tolist()
-        return labels, scores
+    def classify(self, texts_by_lang: dict[str, list[str]]) -> dict[str, tuple[list[str], list[float]]]:
+        """Each language's texts through its student, in batches spread over the inference threads (largest
+        first): the top label and its probability per text."""
+        batches = [(lang, start, texts[start:start + self.batch_size]) for lang, texts in texts_by_lang.items()
+                   for start in range(0, len(texts), self.batch_size)]
+        futures = {(lang, start): self.inference_pool.submit(self.probabilities, lang, batch)
+                   for lang, start, batch in sorted(batches, key=lambda batch: -len(batch[2]))}
+        answers: dict[str, tuple[list[str], list[float]]] = {lang: ([], []) for lang in texts_by_lang}
+        for lang, start in sorted(futures):  # each language's batches in order
+            probabilities = futures[lang, start].result()
+            answers[lang][0].extend(self.students[lang].label_names[int(index)]
+                                    for index in probabilities.argmax(axis=1))
+            answers[lang][1].extend(probabilities.max(axis=1).tolist())
+        return answers
+
+    def probabilities(self, lang: str, texts: list[str]) -> Any:
+        """Class probabilities of one batch of lang's texts, on an inference thread."""
+        return self.thread_state.students[lang](texts)
+
+    def record_inference(self, texts: list[str], records: list[dict[str, Any]]) -> None:
+        """Log the answers, on an inference thread (the log segments each text with its student's tokenizer)."""
+        self.inference_log.record(texts, records, {lang: student.tokenizer
+                                                   for lang, student in self.thread_state.students.items()},
+                                  self.identifier.detector)
 
 
 mlflow.models.set_model(StudentRouter())
