@@ -84,6 +84,22 @@ def test_router_routes_a_mixed_batch_in_process(router_project: Path, loaded_rou
     assert list(forced["lang"]) == ["zh", "zh", "sl"]
 
 
+def test_batches_spread_over_the_inference_threads_come_back_in_row_order(loaded_router: object) -> None:
+    more = ["Terrible acting and a plot that makes no sense.", "服务态度很差，再也不来了。",
+            "Hrana je bila okusna, osebje pa zelo prijazno.", "A warm, funny and clever little film.",
+            "早餐很丰富，位置也方便。", "Predolgo sem čakal na odgovor, slaba izkušnja."]
+    rows = pd.DataFrame({"text": [*MIXED["text"], *more]})  # four distinct texts per language
+    model = loaded_router.unwrap_python_model()
+    batch_size, model.batch_size = model.batch_size, 1  # twelve one-text batches over the two threads
+    try:
+        output = loaded_router.predict(rows)
+    finally:
+        model.batch_size = batch_size
+    for row, (text, lang) in enumerate(zip(rows["text"], output["lang"], strict=True)):
+        expected = model.students[lang]([text])[0]  # a one-text batch: the same input wherever it runs
+        assert float(output["score"][row]) == pytest.approx(float(expected.max()), abs=1e-6)
+
+
 UNSERVED = ["Le film était vraiment magnifique, je le recommande à tous.",
             "Der Film war langweilig und viel zu lang.",
             "この映画はとても面白かった。"]
