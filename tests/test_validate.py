@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +66,21 @@ def test_clean_splits_pass_and_write_report(tmp_path, gx_root):
     assert report["row_counts"]["train"]["en"] == {"neg": 2, "pos": 2}
     assert report["row_counts"]["test"]["es"] == {"pos": 1}
     assert len(report["expectations"]) == 18 and all(item["success"] for item in report["expectations"])
-    assert Path(report["data_docs"]).name == "index.html" and Path(report["data_docs"]).is_file()
+    docs = tmp_path / report["data_docs"]
+    assert not Path(report["data_docs"]).is_absolute() and docs.name == "index.html" and docs.is_file()
+
+
+def test_the_report_is_the_same_bytes_on_a_rerun_and_in_another_clone(tmp_path):
+    """No timing and no absolute path: validating the same data again, or in a clone elsewhere (its own GX folder),
+    leaves the stages that depend on the report up to date."""
+    reports = []
+    for clone in ("first", "second", "second"):
+        root = tmp_path / clone
+        root.mkdir(exist_ok=True)
+        shutil.rmtree(root / "prepared", ignore_errors=True)
+        run_validation(root, root / "gx", clean_splits())
+        reports.append((root / "report.json").read_bytes())
+    assert reports[0] == reports[1] == reports[2]
 
 
 def test_missing_column_is_reported_by_gx(tmp_path, gx_root):
