@@ -1,4 +1,4 @@
-"""Benchmarks 11 and 12: student settings compared over seeds, the default chosen on validation.
+"""Benchmarks 11-13: student settings compared over seeds, the default chosen on validation.
 
 Each variant overrides some of params.yaml's distill settings. For each language, variant and seed the default
 students are distilled (both the KD and the CE-only student) and scored as served on validation and test. The choice
@@ -10,6 +10,7 @@ reported beside it and never read by the choice.
   language whose classes are clearly skewed.
 - vocabulary (benchmark 12): the students' vocabulary ranked with and without the word frequency list
   (distill.student.vocabulary.word_prior_tokens), on the languages whose vocabulary the list changes (es, id, sl).
+- hidden (benchmark 13): distill.hidden_loss_weight 0 / 1 for the narrow students, on every language.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def seed_scores(name: str, lang: str, variant: str, overrides: Overrides, seed: 
         settings["train"]["eval_batch_size"], settings["threads"], runtime), gold[split])
         for split, frame in splits.items()} for student in VARIANTS}
     scores["segmented_as_teacher"] = report["segmentation"]["test"]["identical_share"]
+    last_evaluation = report["kd"]["history"][-1]
+    scores["kd_training"] = {"seconds": last_evaluation["seconds"], "steps": last_evaluation["step"]}
     return scores
 
 
@@ -97,6 +100,13 @@ def choose_beyond_noise(validation: dict[str, list[float]], default: str) -> str
     return best if gain >= spread else default
 
 
+def training_time(seeds: list[dict[str, Any]]) -> str:
+    """Mean seconds and steps of KD training up to its last validation (from the run's history)."""
+    seconds = statistics.mean(seed["kd_training"]["seconds"] for seed in seeds)
+    steps = statistics.mean(seed["kd_training"]["steps"] for seed in seeds)
+    return f"{seconds:,.0f} s ({steps:,.0f})"
+
+
 def summarise(name: str, title: str, results: dict[str, dict[str, list[dict]]], default: str,
               config: dict[str, Any]) -> dict[str, Any]:
     def cell(values: list[float]) -> str:
@@ -116,15 +126,17 @@ def summarise(name: str, title: str, results: dict[str, dict[str, list[dict]]], 
                          cell(scores["ce validation"]), cell(scores["ce test"]),
                          f"{statistics.mean(gain):+.3f} ({min(gain):+.3f} to {max(gain):+.3f})",
                          f"{statistics.mean(seed['segmented_as_teacher'] for seed in seeds):.0%}",
-                         "chosen" if variant == chosen[lang] else ""])
+                         training_time(seeds), "chosen" if variant == chosen[lang] else ""])
     return {
         "name": name, "title": title, "config": config, "results": results, "chosen": chosen,
         "tables": [{"title": f"Student macro-F1 per variant, mean ± sd over {config['seeds']} seeds (as served); "
                              f"the choice reads KD validation only; KD test − {default}'s, paired per seed (min to "
-                             "max); test texts segmented as the teacher does",
+                             "max); test texts segmented as the teacher does; KD training seconds to the last "
+                             "validation, mean over seeds",
                     "columns": ["lang", "variant", "KD validation", "KD test", "CE-only validation", "CE-only test",
-                                f"KD test − {default}", "segmented as teacher", ""],
+                                f"KD test − {default}", "segmented as teacher", "KD training (steps)", ""],
                     "rows": rows}],
-        "notes": [f"params.yaml holds {default}; validation chooses {chosen} (a gain under one seed sd keeps the "
-                  "default)."],
+        "notes": [f"params.yaml holds {default}; validation chooses {chosen} " + (
+            "(a gain under one seed sd keeps the default)." if config["seeds"] > 1 else
+            "(one seed: the best validation score, with no sd to tell a gain from noise).")],
     }

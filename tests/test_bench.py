@@ -115,16 +115,20 @@ def test_variants_override_dotted_settings_and_exactly_one_matches_params() -> N
 def test_a_variant_is_chosen_on_kd_validation_only() -> None:
     def seed(kd_validation: float, test: float) -> dict:
         return {"kd": {"validation": kd_validation, "test": test}, "ce": {"validation": 0.5, "test": test},
-                "segmented_as_teacher": 0.5}
+                "segmented_as_teacher": 0.5, "kd_training": {"seconds": 30.0, "steps": 100}}
 
     config = {"seeds": 2}
     results = {"es": {"off": [seed(0.70, 0.9), seed(0.72, 0.9)], "on": [seed(0.74, 0.1), seed(0.75, 0.1)]}}
-    assert summarise("x", "x", results, "off", config)["chosen"] == {"es": "on"}  # +0.035, sd 0.014
+    summary = summarise("x", "x", results, "off", config)
+    assert summary["chosen"] == {"es": "on"} and summary["tables"][0]["rows"][1][8] == "30 s (100)"  # +0.035, sd 0.014
     results["es"]["on"] = [seed(0.70, 0.99), seed(0.72, 0.99)]  # a tie on validation, test far better
     summary = summarise("x", "x", results, "off", config)
     assert summary["chosen"] == {"es": "off"} and summary["tables"][0]["rows"][1][6].startswith("+0.090")
     results["es"]["on"] = [seed(0.69, 0.9), seed(0.75, 0.9)]  # +0.010, under its seed sd of 0.042: noise
     assert summarise("x", "x", results, "off", config)["chosen"] == {"es": "off"}
+    one_seed = {"es": {variant: seeds[:1] for variant, seeds in results["es"].items()}}
+    summary = summarise("x", "x", one_seed, "off", {"seeds": 1})
+    assert summary["chosen"] == {"es": "off"} and "one seed" in summary["notes"][0]  # 0.69 < 0.70
 
 
 def test_quality_row_formats_intervals() -> None:
@@ -171,7 +175,7 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
-                                           "vocabulary"]
+                                           "vocabulary", "hidden"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
