@@ -5,13 +5,15 @@ language's slots (the old transfer set), (b) the default set with its augmented 
 repeats, (c) the default set (labelled + unlabelled + augmented). Every row already has the default teacher's soft
 labels, so nothing is scored again. Each configuration builds its student vocabulary from its own texts, as the
 pipeline does. Languages with as many labelled rows as slots (no free slots) get no extra text and are skipped.
-One seed (the default), as the issue asks of ablations.
+Three seeds in full mode (students vary; teacher and soft labels fixed): the default set is chosen on KD validation
+unless another beats it by at least one seed sd (bench.variants.choose_beyond_noise); test is reported only.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,14 @@ import numpy as np
 import pandas as pd
 
 from bench.common import REPO_ROOT, load_project_params, require
-from bench.seeds import macro_f1, pipeline_paths
+from bench.seeds import macro_f1, mean_sd, pipeline_paths
+from bench.variants import choose_beyond_noise
 from polydistill.data.transfer import AUGMENTED, LABELLED
 from polydistill.model.distill import distill_language
 from polydistill.model.soft_labels import SoftLabelSettings, select_transfer_rows
 
-SIZES = {"quick": {"languages": ["es"], "epochs": 1}, "full": {"languages": None, "epochs": None}}
+SIZES = {"quick": {"languages": ["es"], "epochs": 1, "seeds": 1},
+         "full": {"languages": None, "epochs": None, "seeds": 3}}
 CONFIGURATIONS = ("labelled only", "+ unlabelled", "+ augmentation (default)")
 
 
@@ -52,26 +56,29 @@ def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
                  if report[lang]["unlabelled"] + report[lang]["augmented"] > 0]
     test_all = pd.read_parquet(REPO_ROOT / "data/prepared/test.parquet")
     scratch = REPO_ROOT / ".cache/bench/transfer_sources" / ("quick" if quick else "full")
-    settings = copy.deepcopy(params["distill"])
-    if sizes["epochs"]:
-        settings["train"]["epochs"] = sizes["epochs"]
-    results: dict[str, dict[str, dict[str, Any]]] = {}
+    base_seed = params["distill"]["train"]["seed"]
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for lang in languages:
         test = test_all[test_all["lang"] == lang].reset_index(drop=True)
         sets = configuration_sets(transfer_all[transfer_all["lang"] == lang],
                                   labelled_all[labelled_all["lang"] == lang], params["transfer"]["seed"])
-        results[lang] = {}
-        for index, (name, frame) in enumerate(sets.items()):
-            paths = configuration_paths(lang, index, frame, scratch / lang / str(index))
-            distilled = distill_language(lang, paths, settings, soft_settings, labels)
-            results[lang][name] = {
-                "rows": frame["source"].str.split(":").str[0].value_counts().to_dict(),
-                "vocab_size": distilled["student"]["vocab_size"],
-                "segmented_as_teacher": distilled["segmentation"]["test"]["identical_share"],
-                "kd_macro_f1": macro_f1(paths["output"] / "kd", test, labels, settings),
-                "ce_macro_f1": macro_f1(paths["output"] / "ce", test, labels, settings),
-                "kd_validation_macro_f1": distilled["kd"]["best_validation_macro_f1"]}
-    return summarise(results)
+        results[lang] = {name: [] for name in sets}
+        for seed in range(base_seed, base_seed + sizes["seeds"]):
+            settings = copy.deepcopy(params["distill"])
+            settings["train"]["seed"] = seed
+            if sizes["epochs"]:
+                settings["train"]["epochs"] = sizes["epochs"]
+            for index, (name, frame) in enumerate(sets.items()):
+                paths = configuration_paths(lang, index, frame, scratch / lang / str(index) / str(seed))
+                distilled = distill_language(lang, paths, settings, soft_settings, labels)
+                results[lang][name].append({
+                    "rows": frame["source"].str.split(":").str[0].value_counts().to_dict(),
+                    "vocab_size": distilled["student"]["vocab_size"],
+                    "segmented_as_teacher": distilled["segmentation"]["test"]["identical_share"],
+                    "kd_macro_f1": macro_f1(paths["output"] / "kd", test, labels, settings),
+                    "ce_macro_f1": macro_f1(paths["output"] / "ce", test, labels, settings),
+                    "kd_validation_macro_f1": distilled["kd"]["best_validation_macro_f1"]})
+    return summarise(results, sizes["seeds"])
 
 
 def configuration_paths(lang: str, index: int, frame: pd.DataFrame, folder: Path) -> dict[str, Path]:
@@ -91,22 +98,32 @@ def configuration_paths(lang: str, index: int, frame: pd.DataFrame, folder: Path
     return paths
 
 
-def summarise(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    rows = []
+def summarise(results: dict[str, dict[str, list[dict[str, Any]]]], seeds: int) -> dict[str, Any]:
+    """Per language and transfer set: rows by source, vocabulary and segmentation (the same for every seed), and
+    mean ± sd over seeds of KD validation, KD test and CE-only test macro-F1, KD − CE paired per seed."""
+    rows, chosen = [], {}
     for lang, configurations in results.items():
-        for name, entry in configurations.items():
-            counts = entry["rows"]
+        chosen[lang] = choose_beyond_noise({name: [entry["kd_validation_macro_f1"] for entry in entries]
+                                            for name, entries in configurations.items()}, CONFIGURATIONS[-1])
+        for name, entries in configurations.items():
+            counts, first = entries[0]["rows"], entries[0]
+            scores = {key: [entry[key] for entry in entries]
+                      for key in ("kd_validation_macro_f1", "kd_macro_f1", "ce_macro_f1")}
+            gains = [entry["kd_macro_f1"] - entry["ce_macro_f1"] for entry in entries]
             rows.append([lang, name, counts.get("labelled", 0), counts.get("unlabelled", 0),
-                         counts.get("augmented", 0), entry["vocab_size"], f"{entry['segmented_as_teacher']:.0%}",
-                         f"{entry['kd_validation_macro_f1']:.3f}", f"{entry['kd_macro_f1']:.3f}",
-                         f"{entry['ce_macro_f1']:.3f}", f"{entry['kd_macro_f1'] - entry['ce_macro_f1']:+.3f}"])
+                         counts.get("augmented", 0), first["vocab_size"], f"{first['segmented_as_teacher']:.0%}",
+                         mean_sd(scores["kd_validation_macro_f1"]), mean_sd(scores["kd_macro_f1"]),
+                         mean_sd(scores["ce_macro_f1"]), f"{statistics.mean(gains):+.3f}",
+                         "chosen" if name == chosen[lang] else ""])
     return {"name": "transfer_sources", "title": "8. Transfer sources: labelled only / + unlabelled / + augmentation",
-            "results": results,
-            "tables": [{"title": "One seed per configuration, default teacher and soft labels. Rows by source in the "
-                                 "KD set (labelled counts repeats); the CE-only student always trains on labelled "
-                                 "rows, its vocabulary follows the configuration's texts.",
+            "results": results, "chosen": chosen,
+            "tables": [{"title": f"Mean ± sd over {seeds} seed(s) per configuration, default teacher and soft labels. "
+                                 "Rows by source in the KD set (labelled counts repeats); the CE-only student always "
+                                 "trains on labelled rows, its vocabulary follows the configuration's texts. The "
+                                 "choice reads KD validation only.",
                         "columns": ["lang", "transfer set", "labelled", "unlabelled", "augmented", "vocab",
                                     "test segmented as teacher", "KD validation F1", "KD test F1", "CE-only test F1",
-                                    "KD − CE"],
+                                    "KD − CE", ""],
                         "rows": rows}],
-            "notes": ["Single runs: differences of 0.01-0.02 are within seed noise (see benchmark 7)."]}
+            "notes": [f"params.yaml's transfer set is {CONFIGURATIONS[-1]}; validation chooses {chosen} (a gain "
+                      "under one seed sd keeps the default)."]}

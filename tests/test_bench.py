@@ -196,6 +196,23 @@ def test_transfer_source_configurations_keep_the_size_and_drop_one_source_at_a_t
     assert sets[CONFIGURATIONS[2]]["source"].tolist() == sources
 
 
+def test_a_transfer_set_is_chosen_on_kd_validation_over_seeds_and_test_never_moves_it() -> None:
+    from bench.transfer_sources import CONFIGURATIONS, summarise
+
+    def entry(validation: float, test: float) -> dict:
+        return {"rows": {"labelled": 3}, "vocab_size": 10, "segmented_as_teacher": 0.5, "kd_macro_f1": test,
+                "ce_macro_f1": 0.7, "kd_validation_macro_f1": validation}
+
+    labelled, unlabelled, default = CONFIGURATIONS
+    results = {"es": {labelled: [entry(0.80, 0.1), entry(0.82, 0.1)], unlabelled: [entry(0.70, 0.9), entry(0.71, 0.9)],
+                      default: [entry(0.75, 0.5), entry(0.76, 0.5)]}}
+    summary = summarise(results, seeds=2)
+    assert summary["chosen"] == {"es": labelled}  # +0.055 on validation, over one sd (0.014)
+    assert summary["tables"][0]["rows"][0][7:11] == ["0.810 ± 0.014", "0.100 ± 0.000", "0.700 ± 0.000", "-0.600"]
+    results["es"][labelled] = [entry(0.74, 0.1), entry(0.79, 0.1)]  # +0.010, under its sd of 0.035: noise
+    assert summarise(results, seeds=2)["chosen"] == {"es": default}
+
+
 MEASURED_STAGES = {"fetch": 2, "prepare": 3, "validate": 4, "balance": 1, "unlabelled": 4, "transfer": 12,
                    "pretrained": 7, "baseline": 93, "train_teacher": 985, "soft_labels": 479, "evaluate": 292,
                    "soft_labels:languages": 451, "evaluate:languages": 160, "register": 56,
