@@ -20,6 +20,6 @@ SIZES = {"quick": {"seeds": 1, "languages": ["es"], "epochs": 1},
 
 def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
     sizes = SIZES["quick" if quick else "full"]
-    chosen = languages or sizes["languages"] or load_project_params()["data"]["languages"]
-    return compare("hidden", "13. Hidden-state matching for the narrow students", VARIANTS, chosen, sizes["seeds"],
+    languages = languages or sizes["languages"] or load_project_params()["data"]["languages"]
+    return compare("hidden", "13. Hidden-state matching for the narrow students", VARIANTS, languages, sizes["seeds"],
                    sizes["epochs"])
