@@ -50,7 +50,8 @@ def corpus() -> dict[str, pd.DataFrame]:
 
 
 def test_sources_fill_each_language_up_to_its_budgets(corpus: dict[str, pd.DataFrame]) -> None:
-    settings = transfer_settings(size=400, unlabelled_fraction=0.5, max_unlabelled_per_language=30)
+    settings = transfer_settings(size=400, unlabelled_fraction=0.5, max_unlabelled_per_language=30,
+                                 keep_all_labelled=False)
     transfer, pool, report = compose_transfer(corpus["train"], corpus["held_out"], corpus["unlabelled"], settings)
     slots = allocate({"en": 300, "es": 40}, settings.alpha, 400, settings.max_repeats)
     es = report["languages"]["es"]
@@ -66,6 +67,22 @@ def test_sources_fill_each_language_up_to_its_budgets(corpus: dict[str, pd.DataF
     unlabelled = transfer[transfer["source"] != "labelled"]
     assert unlabelled["label"].isna().all()
     assert (transfer[transfer["source"] == "labelled"]["id"].isin(corpus["train"]["id"])).all()
+
+
+@pytest.mark.parametrize("sources", [["unlabelled", "augmented"], []])
+def test_keep_all_labelled_gives_a_sampled_down_language_every_labelled_row_once(
+        corpus: dict[str, pd.DataFrame], sources: list[str]) -> None:
+    counts = {"en": 300, "es": 40}
+    sampled = allocate(counts, PARAMS["alpha"], 400, PARAMS["max_repeats"])
+    assert sampled["en"] < counts["en"]  # temperature sampling alone drops labelled en rows
+    settings = transfer_settings(size=400, keep_all_labelled=True, sources=sources)
+    transfer, _pool, report = compose_transfer(corpus["train"], corpus["held_out"], corpus["unlabelled"], settings)
+    en = transfer[transfer["lang"] == "en"]
+    assert report["languages"]["en"]["slots"] == len(en) == counts["en"]
+    assert set(en["source"]) == {"labelled"} and en["id"].is_unique
+    assert set(en["id"]) == set(corpus["train"][corpus["train"]["lang"] == "en"]["id"])
+    assert report["languages"]["es"]["slots"] == sampled["es"]  # a language above its labelled rows is unchanged
+    assert report["rows"] == counts["en"] + sampled["es"]
 
 
 def test_no_extra_text_equals_a_held_out_text_after_normalisation(corpus: dict[str, pd.DataFrame]) -> None:

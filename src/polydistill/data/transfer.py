@@ -1,7 +1,8 @@
 """The distillation transfer set: labelled train rows, then in-language unlabelled text and augmented text.
 
-Each language gets as many rows as temperature sampling (balance.allocate) gives it. Its labelled train rows come
-first, each at most once; the slots they leave free (in small languages: the repeats the old set was made of) go to
+Each language gets as many rows as temperature sampling (balance.allocate) gives it, and with keep_all_labelled
+never fewer than its labelled train rows (each student learns one language alone, so sampling a large language down
+only saves time). Its labelled train rows come first, each at most once; the slots they leave free (in small languages: the repeats the old set was made of) go to
 unlabelled in-language text, up to a budget, and to augmented copies of labelled rows (Tang et al. 2019: masking,
 word replacement, n-gram sampling). Unlabelled and augmented rows carry no gold label: the teacher labels them.
 Any of them equal to a validation, test or train text after normalisation is dropped, so no held-out text reaches
@@ -49,6 +50,7 @@ class TransferSettings:
     size: int
     alpha: float
     max_repeats: int
+    keep_all_labelled: bool
     seed: int
     sources: tuple[str, ...]
     unlabelled_fraction: float
@@ -167,6 +169,14 @@ def compose_language(slots: int, labelled: pd.DataFrame, pool: pd.DataFrame, exc
     return rows, report
 
 
+def language_slots(labelled_counts: dict[str, int], settings: TransferSettings) -> dict[str, int]:
+    """Transfer rows per language: temperature sampling, raised to the labelled rows with keep_all_labelled."""
+    slots = allocate(labelled_counts, settings.alpha, settings.size, settings.max_repeats)
+    if settings.keep_all_labelled:
+        return {lang: max(count, labelled_counts[lang]) for lang, count in slots.items()}
+    return slots
+
+
 def compose_transfer(train: pd.DataFrame, held_out: pd.DataFrame, unlabelled: pd.DataFrame,
                      settings: TransferSettings) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The transfer set (shuffled), the cleaned unlabelled pool of every language, and the report.
@@ -175,7 +185,7 @@ def compose_transfer(train: pd.DataFrame, held_out: pd.DataFrame, unlabelled: pd
     source, in_domain). Deterministic for a seed.
     """
     rng = np.random.default_rng(settings.seed)
-    slots = allocate(train.groupby("lang").size().to_dict(), settings.alpha, settings.size, settings.max_repeats)
+    slots = language_slots(train.groupby("lang").size().to_dict(), settings)
     held_out_keys = set(held_out["text"].map(comparison_key))
     excluded = held_out_keys | set(train["text"].map(comparison_key))
     sets, pools, report = [], [], {"languages": {}}
