@@ -17,7 +17,8 @@ from bench.report import ORDER, render_benchmarks, render_result
 MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quality", "sampling": "bench.sampling",
            "reruns": "bench.reruns", "ablations": "bench.ablations", "seeds": "bench.seeds",
            "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive", "scaling": "bench.scaling",
-           "class_weights": "bench.class_weights", "vocabulary": "bench.vocabulary", "hidden": "bench.hidden"}
+           "class_weights": "bench.class_weights", "vocabulary": "bench.vocabulary", "hidden": "bench.hidden",
+           "kd_weight": "bench.kd_weight"}
 # benchmarks that take --languages
 PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive", "class_weights", "vocabulary", "hidden")
 

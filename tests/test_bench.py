@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.__main__ import parse_arguments  # noqa: E402
 from bench.adaptive import adaptive_choice, choose  # noqa: E402
-from bench.common import format_summary, interleave, paired_ratios, summarize, target  # noqa: E402
+from bench.common import format_summary, interleave, load_project_params, paired_ratios, summarize, target  # noqa: E402
+from bench.kd_weight import VARIANTS as KD_WEIGHT_VARIANTS  # noqa: E402
 from bench.loop import training_flops  # noqa: E402
 from bench.quality import language_row, with_interval  # noqa: E402
 from bench.report import markdown_table, render_benchmarks, render_result  # noqa: E402
@@ -175,7 +176,7 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
-                                           "vocabulary", "hidden"]
+                                           "vocabulary", "hidden", "kd_weight"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
@@ -245,3 +246,12 @@ def test_identification_shares_count_each_groups_own_language_and_refusals() -> 
     assert found["es"] == {"texts": 2, "routed_to_own": 1.0, "refused": 0.0, "screen_alone_refused": 0.5}
     assert found["de/nl (not served)"] == {"texts": 1, "routed_to_own": 0.0, "refused": 1.0,
                                            "screen_alone_refused": 1.0}
+
+
+def test_the_kd_weight_variants_set_only_zh_alpha_and_one_is_params() -> None:
+    distill = load_project_params()["distill"]
+    assert default_variant(KD_WEIGHT_VARIANTS, distill) == f"α {distill['per_language']['zh']['alpha']}"
+    for overrides in KD_WEIGHT_VARIANTS.values():  # zh's alpha and nothing else: its temperature stays
+        changed = with_overrides(distill, overrides)
+        changed["per_language"]["zh"]["alpha"] = distill["per_language"]["zh"]["alpha"]
+        assert changed == distill
