@@ -32,6 +32,7 @@ run: setup
 	$(BIN)/dvc repro
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-fast: setup
