@@ -2,11 +2,11 @@
 
 Each language gets as many rows as temperature sampling (balance.allocate) gives it, and with keep_all_labelled
 never fewer than its labelled train rows (each student learns one language alone, so sampling a large language down
-only saves time). Its labelled train rows come first, each at most once; the slots they leave free (in small languages: the repeats the old set was made of) go to
-unlabelled in-language text, up to a budget, and to augmented copies of labelled rows (Tang et al. 2019: masking,
-word replacement, n-gram sampling). Unlabelled and augmented rows carry no gold label: the teacher labels them.
-Any of them equal to a validation, test or train text after normalisation is dropped, so no held-out text reaches
-the students and no labelled text enters twice.
+only saves time). Its labelled train rows come first, each at most once; the slots they leave free (in small
+languages: the repeats the old set was made of) go to unlabelled in-language text, up to a budget, and to augmented
+copies of labelled rows (Tang et al. 2019: masking, word replacement, n-gram sampling). Unlabelled and augmented
+rows carry no gold label: the teacher labels them. Any of them equal to a validation, test or train text after
+normalisation is dropped, so no held-out text reaches the students and no labelled text enters twice.
 """
 
 from __future__ import annotations
