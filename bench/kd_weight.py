@@ -1,4 +1,4 @@
-"""Benchmark 14: a lower KD weight for zh, whose KD student no longer beats its CE-only twin (see bench.variants).
+"""Benchmark 14: a lower KD weight for zh, whose KD student stopped beating its CE-only twin (see bench.variants).
 
 With every labelled row in the transfer set (transfer.keep_all_labelled), zh's CE-only student, trained on 12,155
 labelled rows, is as good as its KD student over seeds (benchmark 7). This compares zh's alpha, the KD term's share
