@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench.common import REPO_ROOT, load_project_params, require, target
 from polydistill.model.metrics import SpeedSettings, measure_speeds, model_size, paired_speedup
-from polydistill.model.runtime import load_text_classifier
+from polydistill.model.runtime import RUNTIMES, load_text_classifier
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from harness import free_port, wait_for_http  # noqa: E402
@@ -45,11 +45,12 @@ def speed_settings(sizes: dict[str, Any], evaluate: dict[str, Any]) -> SpeedSett
 
 def compare_language(lang: str, teacher_dir: Path, student_dir: Path, texts: list[str], settings: SpeedSettings,
                      max_length: int, runtime: str) -> dict[str, Any]:
-    """Teacher and student, each as trained (PyTorch fp32) and in the serving runtime, measured interleaved."""
+    """The teacher as trained (PyTorch fp32) and in the serving runtime, the student in every runtime, measured
+    interleaved."""
     models = {"teacher": teacher_dir, "student": student_dir}
-    runtimes = dict.fromkeys(["torch_fp32", runtime])
-    classifiers = {f"{name} {kind}": load_text_classifier(directory, kind, max_length)
-                   for name, directory in models.items() for kind in runtimes}
+    runtimes = {"teacher": dict.fromkeys(["torch_fp32", runtime]), "student": RUNTIMES}
+    classifiers = {f"{name} {kind}": load_text_classifier(directory, kind, max_length, settings.threads)
+                   for name, directory in models.items() for kind in runtimes[name]}
     speeds = measure_speeds(classifiers, texts, settings)
     sizes = {name: model_size(directory) for name, directory in models.items()}
     served, trained = f"student {runtime}", "teacher torch_fp32"
@@ -272,7 +273,8 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
     result["router"] = router
     result["tables"].append({
         "title": f"Router endpoint over HTTP (mlflow models serve, local env; mixed languages per request; "
-                 f"{params['registry']['router']['threads']} torch thread(s) for inference; after one warm-up pass "
+                 f"{params['registry']['router']['runtime']} students, {params['registry']['router']['threads']} "
+                 f"inference thread(s) each; after one warm-up pass "
                  f"over the texts at batch {batch_size}): with the language detected by lingua (text only) and given "
                  f"(text and lang)",
         "columns": ["lang column", "latency ms batch 1 (median)", "latency ms batch 1 (p90)",

@@ -533,14 +533,15 @@ def fit_to_languages(folder: Path, steps: int = 30) -> Path:
     return folder
 
 
-def test_the_int8_runtime_agrees_with_the_model_as_trained(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["torch_int8", "onnx_int8"])
+def test_an_int8_runtime_agrees_with_the_model_as_trained(tmp_path: Path, runtime: str) -> None:
     """On a fixture classifier that predicts several classes: ≥ 99% equal argmaxes, probabilities within 0.02."""
     from polydistill.model.runtime import load_text_classifier
 
     texts = CORPUS["en"] + CORPUS["es"] + CORPUS["zh"]
     student = fit_to_languages(tiny_pretrained_encoder(tmp_path / "student", texts, list(LABELS.values())))
     trained = load_text_classifier(student, "torch_fp32", 32).probabilities(texts, 16)
-    served = load_text_classifier(student, "torch_int8", 32).probabilities(texts, 16)
+    served = load_text_classifier(student, runtime, 32, threads=1).probabilities(texts, 16)
     assert len(set(trained.argmax(axis=1))) >= 2
     assert (served.argmax(axis=1) == trained.argmax(axis=1)).mean() >= 0.99
     assert abs(served - trained).max() <= 0.02

@@ -154,11 +154,11 @@ def measure_efficiency(teacher_dir: Path, student_dir: Path, texts: list[str], s
                        runtime: str) -> dict[str, Any]:
     """Sizes, and CPU speed measured interleaved: the teacher as trained (PyTorch fp32), the teacher in the
     serving runtime (when that differs) and the KD student as served; with paired speed-ups over the teacher."""
-    max_length = settings["max_length"]
+    max_length, threads = settings["max_length"], settings["threads"]
     classifiers = {"teacher": load_text_classifier(teacher_dir, "torch_fp32", max_length)}
     if runtime != "torch_fp32":
-        classifiers["teacher_in_runtime"] = load_text_classifier(teacher_dir, runtime, max_length)
-    classifiers["kd_student"] = load_text_classifier(student_dir, runtime, max_length)
+        classifiers["teacher_in_runtime"] = load_text_classifier(teacher_dir, runtime, max_length, threads)
+    classifiers["kd_student"] = load_text_classifier(student_dir, runtime, max_length, threads)
     speeds = measure_speeds(classifiers, texts, SpeedSettings.from_params(settings))
     teacher_size = model_size(teacher_dir)
     sizes = {"teacher": teacher_size, "teacher_in_runtime": teacher_size, "kd_student": model_size(student_dir)}

@@ -173,14 +173,16 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
         transformers_logging.disable_progress_bar()  # a served model's logs get no weight-loading bars
         components = {lang: mlflow.transformers.load_model(context.artifacts[lang], return_type="components")
                       for lang in self.versions}
-        self.students = {lang: TextClassifier(parts["tokenizer"], for_runtime(parts["model"], config["runtime"]),
-                                              self.max_length)
+        threads = int(config["threads"])
+        self.students = {lang: TextClassifier(parts["tokenizer"],
+                                              for_runtime(parts["model"], config["runtime"], threads), self.max_length)
                          for lang, parts in components.items()}
         self.identifier = LanguageIdentifier(self.languages, float(config["foreign_confidence"]),
                                              float(config["foreign_confirmation"]))
         self.inference_log = InferenceLog.from_environment()
         # The scoring server calls predict from a pool of threads; tokenizing and inference run on a pool of their
-        # own instead, `inference_threads` threads of `threads` torch threads each. torch on each calling thread
+        # own instead, `inference_threads` threads running `threads` threads each (torch's, or the ONNX Runtime
+        # session's, which the inference threads share: its runs are thread-safe). torch on each calling thread
         # starts its own OpenMP team whose idle threads spin on the cores (on the server's threads one text took
         # 6 ms longer), and a fast tokenizer's padding is shared state (concurrent calls pad to each other's lengths
         # and fail), so each inference thread sets its torch threads and copies the tokenizers for itself.
@@ -188,7 +190,7 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
         self.inference_pool = ThreadPoolExecutor(max_workers=int(config["inference_threads"]),
                                                  thread_name_prefix="router-inference",
                                                  initializer=self.start_inference_thread,
-                                                 initargs=(int(config["threads"]),))
+                                                 initargs=(threads,))
 
     def start_inference_thread(self, threads: int) -> None:
         """On a new inference thread: its torch thread count (OpenMP's is per thread) and its own tokenizers."""

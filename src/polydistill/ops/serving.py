@@ -45,6 +45,13 @@ def router_code() -> list[str]:
     return [router.__file__, runtime.__file__, inference_log.__file__]
 
 
+def router_requirements(runtime: str) -> tuple[str, ...]:
+    """The packages a router serving its students in `runtime` needs."""
+    from polydistill.model.runtime import EXTRA_REQUIREMENTS
+
+    return (*ROUTER_REQUIREMENTS, *EXTRA_REQUIREMENTS.get(runtime, ()))
+
+
 def build_key(settings: Mapping[str, Any], languages: list[str]) -> str:
     """A hash of what a router version is built from besides its students: shipped code, languages, settings."""
     digest = hashlib.sha256(json.dumps({"languages": languages, "router": settings.get("router", {})},
@@ -98,7 +105,7 @@ def log_router_version(client: Any, settings: Mapping[str, Any], languages: list
                 name="router", python_model=router.__file__, artifacts=artifacts, model_config=config,
                 code_paths=router_code()[1:],
                 signature=router_signature(), input_example=example,
-                pip_requirements=pinned_requirements(ROUTER_REQUIREMENTS))
+                pip_requirements=pinned_requirements(router_requirements(config.get("runtime", "torch_fp32"))))
         tags = {f"student.{lang}": student_version for lang, student_version in versions.items()}
         tags[BUILD_KEY_TAG] = build_key(settings, languages)
         return str(mlflow.register_model(info.model_uri, name, await_registration_for=60, tags=tags).version)
