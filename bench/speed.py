@@ -274,7 +274,7 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
     result["tables"].append({
         "title": f"Router endpoint over HTTP (mlflow models serve, local env; mixed languages per request; "
                  f"{params['registry']['router']['runtime']} students, {params['registry']['router']['threads']} "
-                 f"inference thread(s) each; after one warm-up pass "
+                 f"thread(s) per inference thread; after one warm-up pass "
                  f"over the texts at batch {batch_size}): with the language detected by lingua (text only) and given "
                  f"(text and lang)",
         "columns": ["lang column", "latency ms batch 1 (median)", "latency ms batch 1 (p90)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -135,6 +136,19 @@ def test_router_is_rebuilt_only_when_a_champion_or_its_build_changes(tmp_path: P
     settings["router"] = {**settings["router"], "batch_size": settings["router"]["batch_size"] + 1}
     assert serving.register_router(copy, settings, list(REGISTRY_LANGUAGES)) == "2"
     assert serving.register_router(copy, settings, list(REGISTRY_LANGUAGES)) == "2"
+
+
+def test_the_router_pins_what_its_runtime_needs(router_project: Path) -> None:
+    """The logged router's requirements name onnxruntime and onnx at the installed versions only when its
+    students run in onnx_int8."""
+    from polydistill.ops import tracking
+
+    assert registry_settings()["router"]["runtime"] == "onnx_int8"
+    tracking.connect(router_project, registry_settings())
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/polydistill-router/1")).read_text().split()
+    for package in ("onnxruntime", "onnx", "torch", "lingua-language-detector"):
+        assert f"{package}=={importlib.metadata.version(package)}" in requirements
+    assert "onnxruntime" not in serving.router_requirements("torch_int8")
 
 
 def test_languages_without_a_champion_are_answered_explicitly(tmp_path: Path, mlflow_db_template: Path,

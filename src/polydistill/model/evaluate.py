@@ -8,6 +8,7 @@ in one process (finish_evaluation), so that no figure is taken while other work 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from polydistill.model.metrics import (
     write_bars_csv,
     write_confusion_csv,
 )
-from polydistill.model.runtime import load_text_classifier, probabilities_from_model
+from polydistill.model.runtime import TextClassifier, load_text_classifier, probabilities_from_model
 from polydistill.model.soft_labels import load_soft_labels, softmax, teacher_fingerprint
 from polydistill.model.student import student_segmentation
 from polydistill.progress import Progress
@@ -150,15 +151,22 @@ def runtime_agreement(served: np.ndarray, as_trained: np.ndarray) -> dict[str, f
             "max_abs_probability_difference": float(np.abs(served - as_trained).max())}
 
 
+@functools.lru_cache(maxsize=1)  # shared mode: one teacher for every language, loaded (and exported) once
+def teacher_classifiers(teacher_dir: Path, runtime: str, max_length: int, threads: int) -> dict[str, TextClassifier]:
+    """The teacher as trained (PyTorch fp32) and, when that differs, in the serving runtime."""
+    classifiers = {"teacher": load_text_classifier(teacher_dir, "torch_fp32", max_length)}
+    if runtime != "torch_fp32":
+        classifiers["teacher_in_runtime"] = load_text_classifier(teacher_dir, runtime, max_length, threads)
+    return classifiers
+
+
 def measure_efficiency(teacher_dir: Path, student_dir: Path, texts: list[str], settings: dict[str, Any],
                        runtime: str) -> dict[str, Any]:
     """Sizes, and CPU speed measured interleaved: the teacher as trained (PyTorch fp32), the teacher in the
     serving runtime (when that differs) and the KD student as served; with paired speed-ups over the teacher."""
     max_length, threads = settings["max_length"], settings["threads"]
-    classifiers = {"teacher": load_text_classifier(teacher_dir, "torch_fp32", max_length)}
-    if runtime != "torch_fp32":
-        classifiers["teacher_in_runtime"] = load_text_classifier(teacher_dir, runtime, max_length, threads)
-    classifiers["kd_student"] = load_text_classifier(student_dir, runtime, max_length, threads)
+    classifiers = {**teacher_classifiers(teacher_dir, runtime, max_length, threads),
+                   "kd_student": load_text_classifier(student_dir, runtime, max_length, threads)}
     speeds = measure_speeds(classifiers, texts, SpeedSettings.from_params(settings))
     teacher_size = model_size(teacher_dir)
     sizes = {"teacher": teacher_size, "teacher_in_runtime": teacher_size, "kd_student": model_size(student_dir)}
