@@ -7,8 +7,9 @@ Runtimes (params.yaml ``registry.router.runtime``):
   favour of torchao; it works in the pinned torch 2.13, and its warning is silenced here.)
 - ``onnx_int8``: the model exported to ONNX (input ids and attention mask in, logits out) and dynamically quantised
   by ONNX Runtime (int8 weights of every MatMul, activations quantised per batch), run by an ONNX Runtime CPU session.
-  Its batch-1 latency is ~3x lower than ``torch_int8``'s (eager PyTorch pays a fixed cost per operator that a 4-layer
-  student cannot hide) at equal or higher batch-32 throughput (BENCHMARKS.md, benchmark 2).
+  Its batch-1 latency is 2-3.7x lower than ``torch_int8``'s (eager PyTorch pays a fixed cost per operator that a
+  4-layer student cannot hide); at batch 32 the two are about equal, neither faster on every language (BENCHMARKS.md,
+  benchmark 2).
 Nothing new is stored: the int8 models are derived from the fp32 safetensors when loaded, deterministically, so the
 registered weights stay safetensors. Activation scales are chosen per batch, so a text's probabilities can move by
 ~1e-4 with the texts it is batched with (padding included); the evaluate stage reports per language how often the
