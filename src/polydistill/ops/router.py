@@ -41,6 +41,9 @@ EXAMPLE_TEXTS = {
 }
 
 
+OUTPUT_COLUMNS = ("lang", "label", "score", "student_version", "status")
+
+
 def bad_request(message: str) -> MlflowException:
     """An error the scoring server answers with HTTP 400."""
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
@@ -55,17 +58,23 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value
 
 
-def request_frame(model_input: Any, languages: list[str], max_rows: int, max_text_chars: int) -> pd.DataFrame:
-    """The request as a frame of text and lang (None = detect), or a 400 explaining what is wrong."""
+def frame_rows(model_input: Any) -> tuple[list[Any], list[Any]]:
+    """The text and lang columns of a request frame (or dict of columns) as lists (lang: None when absent)."""
     if isinstance(model_input, dict):
         model_input = pd.DataFrame(model_input)
     if not isinstance(model_input, pd.DataFrame):
         raise bad_request(f"expected a table with a 'text' column, got {type(model_input).__name__}")
     if "text" not in model_input.columns:
         raise bad_request(f"missing column 'text' (got columns {list(model_input.columns)})")
-    if len(model_input) > max_rows:
-        raise bad_request(f"{len(model_input)} rows in one request; the limit is {max_rows}")
     texts = model_input["text"].tolist()
+    return texts, model_input["lang"].tolist() if "lang" in model_input.columns else [None] * len(texts)
+
+
+def checked_rows(texts: list[Any], langs: list[Any], languages: list[str], max_rows: int,
+                 max_text_chars: int) -> list[str | None]:
+    """The request's langs (None = detect) once its texts and langs are valid, or a 400 explaining what is wrong."""
+    if len(texts) > max_rows:
+        raise bad_request(f"{len(texts)} rows in one request; the limit is {max_rows}")
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise bad_request(f"row {row}: text must be a string, got {type(text).__name__} {text!r}")
@@ -73,12 +82,11 @@ def request_frame(model_input: Any, languages: list[str], max_rows: int, max_tex
             raise bad_request(f"row {row}: text is empty")
         if len(text) > max_text_chars:
             raise bad_request(f"row {row}: text has {len(text)} characters; the limit is {max_text_chars}")
-    langs = model_input["lang"].tolist() if "lang" in model_input.columns else [None] * len(texts)
     langs = [None if is_missing(lang) else lang for lang in langs]
     for row, lang in enumerate(langs):
         if lang is not None and lang not in languages:
             raise bad_request(f"row {row}: lang {lang!r} is not one of {languages}")
-    return pd.DataFrame({"text": texts, "lang": pd.Series(langs, dtype=object)})
+    return langs
 
 
 def lingua_languages(codes: list[str]) -> list[Any]:
@@ -202,8 +210,12 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """lang, label, score, student_version and status for each row of a frame with text (and optional lang)."""
-        frame = request_frame(model_input, self.languages, self.max_rows, self.max_text_chars)
-        texts, langs = frame["text"].tolist(), frame["lang"].tolist()
+        return pd.DataFrame(self.answer(*frame_rows(model_input)), columns=list(OUTPUT_COLUMNS), dtype=object)
+
+    def answer(self, texts: list[Any], langs: list[Any]) -> list[dict[str, Any]]:
+        """One answer per text (lang given or None): the OUTPUT_COLUMNS as a dict. Shared by `predict` and
+        polydistill's HTTP server, which skips MLflow's frames and schema check on the hot path."""
+        langs = checked_rows(texts, langs, self.languages, self.max_rows, self.max_text_chars)
         statuses = ["ok"] * len(texts)
         missing = [row for row, lang in enumerate(langs) if lang is None]
         if missing:
@@ -212,23 +224,20 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
                 langs[row], statuses[row] = lang, status
         statuses = [f"no champion for {lang}" if status == "ok" and lang not in self.versions else status
                     for lang, status in zip(langs, statuses, strict=True)]
-        labels: list[str | None] = [None] * len(texts)
-        scores: list[float | None] = [None] * len(texts)
+        records = [{"lang": lang, "label": None, "score": None,
+                    "student_version": self.versions[lang] if status == "ok" else None, "status": status}
+                   for lang, status in zip(langs, statuses, strict=True)]
         groups: dict[str, list[int]] = {}
-        for row, (lang, status) in enumerate(zip(langs, statuses, strict=True)):
-            if status == "ok":
-                groups.setdefault(lang, []).append(row)
+        for row, record in enumerate(records):
+            if record["status"] == "ok":
+                groups.setdefault(record["lang"], []).append(row)
         answers = self.classify({lang: [texts[row] for row in rows] for lang, rows in groups.items()})
         for lang, rows in groups.items():
             for row, label, score in zip(rows, *answers[lang], strict=True):
-                labels[row], scores[row] = label, score
-        versions = [self.versions[lang] if status == "ok" else None
-                    for lang, status in zip(langs, statuses, strict=True)]
-        output = pd.DataFrame({"lang": langs, "label": labels, "score": scores, "student_version": versions,
-                               "status": statuses}, dtype=object)
+                records[row]["label"], records[row]["score"] = label, score
         if self.inference_log is not None:  # it tokenizes too, so on an inference thread
-            self.inference_pool.submit(self.record_inference, texts, output.to_dict("records")).result()
-        return output
+            self.inference_pool.submit(self.record_inference, texts, records).result()
+        return records
 
     def classify(self, texts_by_lang: dict[str, list[str]]) -> dict[str, tuple[list[str], list[float]]]:
         """Each language's texts through its student, in batches spread over the inference threads (largest
