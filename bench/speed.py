@@ -30,7 +30,7 @@ SIZES = {
     "quick": {"rounds": 2, "latency_repeats": 10, "throughput_texts": 64, "warmup": 1,
               "http_latency_repeats": 10, "http_batches": 2, "identification_texts": 100},
     "full": {"rounds": None, "latency_repeats": None, "throughput_texts": None, "warmup": None,  # None: params.yaml
-             "http_latency_repeats": 50, "http_batches": 8, "identification_texts": 400},  # evaluate's value
+             "http_latency_repeats": 200, "http_batches": 8, "identification_texts": 400},  # evaluate's value
 }
 MIN_PARAM_RATIO = 20.0
 MIN_THROUGHPUT_RATIO = 10.0
@@ -134,17 +134,35 @@ def http_figures(urls: dict[str, str], rows: list[dict[str, str]], sizes: dict[s
     each), the servers taking turns request by request."""
     latencies: dict[str, list[float]] = {server: [] for server in urls}
     seconds = dict.fromkeys(urls, 0.0)
-    for row in rows[:sizes["http_latency_repeats"]]:
-        for server, url in urls.items():
-            latencies[server].append(post(url, [row]) * 1000)
+    for turn, row in enumerate(rows[:sizes["http_latency_repeats"]]):
+        for server in rotated(list(urls), turn):
+            latencies[server].append(post(urls[server], [row]) * 1000)
     batches = [rows[start:start + batch_size] for start in range(0, batch_size * sizes["http_batches"], batch_size)]
-    for batch in batches:
-        for server, url in urls.items():
-            seconds[server] += post(url, batch)
+    for turn, batch in enumerate(batches):
+        for server in rotated(list(urls), turn):
+            seconds[server] += post(urls[server], batch)
     return {server: {"latency_ms_median": statistics.median(latencies[server]),
                      "latency_ms_p90": float(np.percentile(latencies[server], 90)),
+                     "latencies_ms": latencies[server],
                      "throughput_texts_per_s": sum(len(batch) for batch in batches) / seconds[server],
                      "batch": batch_size, "requests": len(latencies[server]) + len(batches)} for server in urls}
+
+
+def rotated(names: list[str], turn: int) -> list[str]:
+    """The names in turn order: who goes first changes every turn."""
+    start = turn % len(names)
+    return names[start:] + names[:start]
+
+
+def paired_difference_ms(slower: list[float], faster: list[float], samples: int = 2000,
+                         seed: int = 13) -> dict[str, float]:
+    """Median of the per-text differences slower − faster (the same text to both servers, in turn), with a 95%
+    bootstrap interval of that median over the texts."""
+    differences = np.asarray(slower) - np.asarray(faster)
+    resamples = np.random.default_rng(seed).integers(0, len(differences), (samples, len(differences)))
+    medians = np.median(differences[resamples], axis=1)
+    return {"median": float(np.median(differences)), "ci_low": float(np.percentile(medians, 2.5)),
+            "ci_high": float(np.percentile(medians, 97.5)), "texts": len(differences)}
 
 
 def measure_router(uri: str, params: dict[str, Any], texts: pd.DataFrame, sizes: dict[str, Any],
@@ -288,7 +306,10 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
         return
     texts = test.groupby("lang").head(batch_size * sizes["http_batches"]).sample(frac=1.0, random_state=13)
     servers = measure_router(uri, params, texts, sizes, batch_size)
-    result["router"] = {"servers": servers}
+    paired = {kind: paired_difference_ms(servers["mlflow"][kind].pop("latencies_ms"),
+                                         servers["polydistill"][kind].pop("latencies_ms"))
+              for kind in servers["mlflow"]}
+    result["router"] = {"servers": servers, "mlflow_minus_polydistill_ms": paired}
     result["tables"].append({
         "title": f"Router endpoint over HTTP, polydistill's server (the default) and mlflow models serve (local env) "
                  f"up at once and taking turns request by request (mixed languages per request; "
@@ -300,6 +321,10 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
         "rows": [[server, kind, f"{entry['latency_ms_median']:.1f}", f"{entry['latency_ms_p90']:.1f}",
                   f"{entry['throughput_texts_per_s']:.0f}", entry["requests"]]
                  for server, kinds in servers.items() for kind, entry in kinds.items()]})
+    result["notes"].append("One text, mlflow models serve minus polydistill's server, the same texts in turn (median "
+                           "of the per-text differences, 95% bootstrap interval): " + "; ".join(
+                               f"{kind} {entry['median']:+.2f} ms ({entry['ci_low']:+.2f} to {entry['ci_high']:+.2f}"
+                               f", {entry['texts']} texts)" for kind, entry in paired.items()) + ".")
     add_identification(result, params, test, sizes)
     served = servers["polydistill"]["detected"]
     result["targets"] += [target("router p50 latency, one text, language detected (polydistill's server)",
