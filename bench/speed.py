@@ -113,13 +113,15 @@ def serve_router(server: str, uri: str, params: dict[str, Any], port: int, log_p
     """The champion router served by `server` (polydistill or mlflow) on 127.0.0.1:port, once /ping answers."""
     from polydistill.ops import http_server, registry
 
-    model = f"models:/{registry.router_model_name(params['registry']['prefix'])}@{registry.CHAMPION}"
+    name = registry.router_model_name(params["registry"]["prefix"])
+    command = (http_server.polydistill_command(sys.executable, name, registry.CHAMPION, "127.0.0.1", port, 0)
+               if server == "polydistill" else
+               http_server.mlflow_command(sys.executable, f"models:/{name}@{registry.CHAMPION}", "127.0.0.1", port))
     environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
                    # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log_path, "w") as log:
-        server_process = subprocess.Popen(http_server.server_command(server, sys.executable, model, "127.0.0.1", port),
-                                          env=environment, stdout=log, stderr=log, start_new_session=True)
+        server_process = subprocess.Popen(command, env=environment, stdout=log, stderr=log, start_new_session=True)
     if wait_for_http(f"http://127.0.0.1:{port}/ping", SERVER_START_SECONDS, server_process):
         return server_process
     if server_process.poll() is not None:

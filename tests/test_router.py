@@ -9,6 +9,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -128,10 +130,12 @@ def test_the_screens_false_alarms_are_routed_and_confirmed_foreign_text_is_refus
         ("id", "ok"), ("es", "ok"), (None, "unsupported language (pt)"), (None, "unsupported language (hr)")]
 
 
-def test_router_is_rebuilt_only_when_a_champion_or_its_build_changes(tmp_path: Path, router_project: Path) -> None:
+def test_router_is_rebuilt_only_when_a_champion_or_its_build_changes(tmp_path: Path, router_project: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     assert serving.register_router(router_project, registry_settings(), list(REGISTRY_LANGUAGES)) == "1"
     copy = tmp_path / "project"  # the module's router stays as it is for the other tests
     shutil.copytree(router_project, copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported the module's store
     settings = registry_settings()
     settings["router"] = {**settings["router"], "batch_size": settings["router"]["batch_size"] + 1}
     assert serving.register_router(copy, settings, list(REGISTRY_LANGUAGES)) == "2"
@@ -218,8 +222,26 @@ def http_client(loaded_router: object) -> Iterator[object]:
     """polydistill's HTTP server app around the module's router, in process."""
     from starlette.testclient import TestClient
 
-    with TestClient(http_server.create_app(loaded_router.unwrap_python_model())) as client:
+    served = http_server.ServedRouter("polydistill-router", "1", loaded_router.unwrap_python_model())
+    with TestClient(http_server.create_app(served)) as client:
         yield client
+
+
+def test_a_replaced_router_is_closed_once_its_last_request_is_answered(router_project: Path) -> None:
+    first, second, third = (serving.load_router(router_project, registry_settings()).unwrap_python_model()
+                            for _ in range(3))
+    served = http_server.ServedRouter("polydistill-router", "1", first)
+    served.swap("2", second)  # nothing runs on the first: closed at once
+    with pytest.raises(RuntimeError, match="shutdown"):
+        first.answer(["A fine film."], ["en"])
+    with served.borrowed() as running:
+        served.swap("3", third)
+        assert running is second and served.version == "3"
+        assert running.answer(["A fine film."], ["en"])[0]["status"] == "ok"  # a request under way finishes
+    with pytest.raises(RuntimeError, match="shutdown"):
+        second.answer(["A fine film."], ["en"])
+    with served.borrowed() as running:
+        assert running is third and running.answer(["A fine film."], ["en"])[0]["status"] == "ok"
 
 
 WITH_LANGS = pd.DataFrame({"text": MIXED["text"], "lang": [None, "zh", None, "en", None, "sl"]}, dtype=object)
@@ -237,6 +259,7 @@ def test_polydistill_server_answers_each_input_format_as_the_pyfunc_does(loaded_
     assert response.status_code == 200, response.text
     assert response.json()["predictions"] == loaded_router.predict(WITH_LANGS).to_dict("records")
     assert http_client.get("/ping").status_code == http_client.get("/health").status_code == 200
+    assert http_client.get("/model").json() == {"name": "polydistill-router", "version": "1"}
 
 
 @pytest.mark.parametrize(("content", "content_type", "status", "message"), [
@@ -329,6 +352,49 @@ def test_stopping_serve_stops_the_model_server_it_started(router_project: Path, 
         if serve.poll() is None:
             serve.terminate()
             serve.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_polydistill_server_swaps_in_a_new_champion_without_dropping_a_request(
+        tmp_path: Path, router_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "project"  # the module's router stays version 1 for the other tests
+    shutil.copytree(router_project, copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported the module's store
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def keep_posting(url: str) -> None:
+        while not stop.is_set():
+            try:
+                statuses.append(post(url, {"dataframe_records": MIXED.to_dict("records")})[0])
+            except OSError:  # refused or reset: a dropped request
+                statuses.append(0)
+
+    with served_router(copy, serve_environment(copy), free_port(), "--watch", "1") as base:
+        assert get_json(f"{base}/model") == {"name": "polydistill-router", "version": "1"}
+        client = threading.Thread(target=keep_posting, args=(f"{base}/invocations",))
+        client.start()
+        try:
+            settings = registry_settings()
+            settings["router"] = {**settings["router"], "batch_size": settings["router"]["batch_size"] + 1}
+            assert serving.register_router(copy, settings, list(REGISTRY_LANGUAGES)) == "2"
+            deadline = time.monotonic() + 120
+            while get_json(f"{base}/model")["version"] != "2":
+                assert time.monotonic() < deadline, (copy / "serve.log").read_text()
+                time.sleep(0.5)
+            answered_before_swap = len(statuses)
+            while len(statuses) < answered_before_swap + 3:  # and it keeps answering on version 2
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            client.join(timeout=60)
+    assert len(statuses) > 3 and set(statuses) == {200}, statuses
+    assert "version 1 retired" in (copy / "serve.log").read_text()
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
 
 
 @pytest.mark.slow

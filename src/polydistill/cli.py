@@ -218,8 +218,8 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
                                                    "serve).")] = "polydistill",
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
           watch: Annotated[float, typer.Option(help="Seconds between checks of the router's champion alias; on a "
-                                                    "change the server restarts on the new version (0: never).")
-                           ] = 30.0,
+                                                    "change polydistill's server swaps in the new version, mlflow's "
+                                                    "is restarted on it (0: never).")] = 30.0,
           log_inference: Annotated[bool, typer.Option(help="Record every answer in the inference log (params "
                                                            "monitor.log) for `polydistill monitor`.")] = False,
           log_text: Annotated[bool, typer.Option(help="Keep the raw text in the inference log (needed for the "
@@ -252,19 +252,30 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
             if version is None:
                 raise registry.RegistryError(f"no router to serve ({name} has no champion): run `dvc repro` or "
                                              "`polydistill promote --lang <lang>` first")
-        command = http_server.server_command(server, sys.executable, f"models:/{name}/{version}", host, port)
+        command, restart_watch = server_command(server, name, version, host, port, watch)
         typer.echo(" ".join(command), err=True)
         process = subprocess.Popen(command, env=environment, start_new_session=True)  # own group: stop_model_server
         try:
-            if watch <= 0:
+            if restart_watch <= 0:
                 raise typer.Exit(process.wait())
-            while process.poll() is None and not promoted_since(client, name, version, watch):
+            while process.poll() is None and not promoted_since(client, name, version, restart_watch):
                 pass
             if process.poll() is not None:
                 raise typer.Exit(process.returncode)
             typer.echo(f"{name}: champion moved from version {version}; restarting the server", err=True)
         finally:  # also on SIGTERM and Ctrl-C
             stop_model_server(process)
+
+
+def server_command(server: str, name: str, version: str, host: str, port: int, watch: float
+                   ) -> tuple[list[str], float]:
+    """The model server's command line, and how often this command checks the alias to restart it: polydistill's
+    server follows the champion alias itself (never restarted), mlflow's serves one version."""
+    from polydistill.ops import http_server, registry
+
+    if server == "polydistill":
+        return http_server.polydistill_command(sys.executable, name, registry.CHAMPION, host, port, watch), 0.0
+    return http_server.mlflow_command(sys.executable, f"models:/{name}/{version}", host, port), watch
 
 
 def exit_on_sigterm() -> None:

@@ -1,16 +1,20 @@
-"""polydistill's HTTP server for the router: `mlflow models serve`'s contract on a shorter path.
+"""polydistill's HTTP server for the router: `mlflow models serve`'s contract on a shorter path, and a new champion
+swapped in without a restart.
 
 The registered router version is loaded as MLflow loads it (mlflow.pyfunc.load_model of a models:/ URI), and its
 StudentRouter answers each request through `answer`, the method its pyfunc `predict` wraps. What MLflow's scoring
 server adds per request is left out: parsing JSON into a pandas frame, the signature check, frames in and out, and
-serialising a frame (about 2 ms of a one-text request on 2 cores, BENCHMARKS.md benchmark 2). The router checks
+serialising a frame (about 3.5 ms of a one-text request on 2 cores, BENCHMARKS.md benchmark 2). The router checks
 every request itself (text a non-empty string within the size limits, lang a configured language), so what reaches
 the students is the same.
 
 Contract, as `mlflow models serve`'s: GET /ping and /health answer 200 once the model is loaded; POST /invocations
 takes JSON with one of `dataframe_records` (a list of rows), `dataframe_split` ({"columns", "data"}) or `inputs` /
 `instances` (rows or columns), each row a text and an optional lang, and answers {"predictions": [row...]}; a bad
-request gets HTTP 400 with {"error_code", "message"}.
+request gets HTTP 400 with {"error_code", "message"}. GET /model names the router version being served.
+
+With a watch interval the server follows the alias: when it moves, the new version is loaded beside the old one,
+new requests go to it, and the old one's inference threads stop once its last request is answered.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("polydistill.ops.http_server")  # also when run as __main__
 
 SERVERS = ("polydistill", "mlflow")
 INPUT_KEYS = ("dataframe_records", "dataframe_split", "inputs", "instances")
@@ -67,8 +75,40 @@ def request_rows(payload: Any) -> tuple[list[Any], list[Any]]:
     return [record.get("text") for record in records], [record.get("lang") for record in records]
 
 
-def create_app(router: Any) -> Any:
-    """The ASGI app serving `router` (a loaded StudentRouter)."""
+class ServedRouter:
+    """The router version being served. `swap` puts another in its place while requests keep being answered: each
+    request borrows the current router for its whole run, and a replaced router is closed when its last borrower
+    returns it."""
+
+    def __init__(self, name: str, version: str, router: Any) -> None:
+        self.name, self.version, self.router = name, version, router
+        self.lock = threading.Lock()
+        self.borrowers: Counter[int] = Counter()  # id(router) -> requests running on it
+
+    @contextmanager
+    def borrowed(self) -> Iterator[Any]:
+        with self.lock:
+            router = self.router
+            self.borrowers[id(router)] += 1
+        try:
+            yield router
+        finally:
+            with self.lock:
+                self.borrowers[id(router)] -= 1
+                retired = router is not self.router and not self.borrowers[id(router)]
+            if retired:
+                router.close()
+
+    def swap(self, version: str, router: Any) -> None:
+        with self.lock:
+            old, self.version, self.router = self.router, version, router
+            retired = not self.borrowers[id(old)]
+        if retired:
+            old.close()
+
+
+def create_app(served: ServedRouter) -> Any:
+    """The ASGI app serving `served`'s current router."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -79,8 +119,15 @@ def create_app(router: Any) -> Any:
         return JSONResponse({"error_code": exception.error_code, "message": exception.message},
                             status_code=exception.get_http_status_code())
 
+    def answer(texts: list[Any], langs: list[Any]) -> list[dict[str, Any]]:
+        with served.borrowed() as router:
+            return router.answer(texts, langs)
+
     async def ping(_: Request) -> Response:
         return PlainTextResponse("\n")
+
+    async def model(_: Request) -> Response:
+        return JSONResponse({"name": served.name, "version": served.version})
 
     async def invocations(request: Request) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -88,51 +135,88 @@ def create_app(router: Any) -> Any:
                                 status_code=415)
         try:
             texts, langs = request_rows(json.loads(await request.body()))
-            answers = await run_in_threadpool(router.answer, texts, langs)
+            answers = await run_in_threadpool(answer, texts, langs)
         except json.JSONDecodeError as failure:
             return error(bad_request(f"the body is not valid JSON: {failure}"))
         except MlflowException as failure:
             return error(failure)
         return Response(json.dumps({"predictions": answers}), media_type="application/json")
 
-    return Starlette(routes=[Route("/ping", ping), Route("/health", ping),
+    return Starlette(routes=[Route("/ping", ping), Route("/health", ping), Route("/model", model),
                              Route("/invocations", invocations, methods=["POST"])])
 
 
-def load_router(model_uri: str) -> Any:
-    """The StudentRouter inside a registered router version, loaded (its load_context run) by MLflow."""
+def load_router(name: str, version: str) -> Any:
+    """The StudentRouter inside router version `version` of `name`, loaded (its load_context run) by MLflow."""
     import mlflow
 
-    router = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    if not callable(getattr(router, "answer", None)):
-        raise SystemExit(f"{model_uri} was built before polydistill's HTTP server: serve it with `--server mlflow`, "
-                         "or rebuild the router (`dvc repro` or `polydistill promote --lang <lang>`)")
+    router = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+    if not all(callable(getattr(router, method, None)) for method in ("answer", "close")):
+        raise MlflowException(f"{name} version {version} was built before polydistill's HTTP server: serve it with "
+                              "`--server mlflow`, or rebuild the router (`dvc repro` or `polydistill promote`)")
     return router
 
 
-def server_command(server: str, python: str, model_uri: str, host: str, port: int) -> list[str]:
-    """The command line that serves the router `model_uri` with `server` (one of SERVERS) from `python`'s env."""
-    if server == "polydistill":
-        return [python, "-m", "polydistill.ops.http_server", model_uri, "--host", host, "--port", str(port)]
-    if server == "mlflow":
-        return [str(Path(python).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                "-h", host, "-p", str(port)]
-    raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
+def follow_alias(served: ServedRouter, client: Any, alias: str, interval_s: float, stop: threading.Event) -> None:
+    """Every `interval_s` seconds, swap in the version `alias` points to when it has moved. A failed check or load
+    is logged and the current version kept serving."""
+    from polydistill.ops.registry import alias_version
+
+    while not stop.wait(interval_s):
+        try:
+            version = alias_version(client, served.name, alias)
+            if version is not None and version != served.version:
+                log.info("%s@%s moved from version %s to %s: loading it", served.name, alias, served.version, version)
+                previous = served.version
+                served.swap(version, load_router(served.name, version))
+                log.info("serving %s version %s (version %s retired)", served.name, version, previous)
+        except Exception:  # noqa: BLE001 - keep answering with the version we have
+            log.exception("could not follow %s@%s; still serving version %s", served.name, alias, served.version)
+
+
+def polydistill_command(python: str, name: str, alias: str, host: str, port: int, watch_s: float) -> list[str]:
+    """The command line of this server for router `name` at `alias` (followed every `watch_s` seconds; 0: never)."""
+    return [python, "-m", "polydistill.ops.http_server", name, "--alias", alias, "--host", host, "--port", str(port),
+            "--watch", str(watch_s)]
+
+
+def mlflow_command(python: str, model_uri: str, host: str, port: int) -> list[str]:
+    """The command line of `mlflow models serve` for `model_uri`, in `python`'s environment."""
+    return [str(Path(python).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "-h", host, "-p", str(port)]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m polydistill.ops.http_server MODEL_URI [--host H] [--port P]`: serve until SIGTERM or Ctrl-C."""
+    """`python -m polydistill.ops.http_server NAME [--alias A] [--watch S] [--host H] [--port P]`: serve until
+    SIGTERM or Ctrl-C (the registry: MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI)."""
+    import mlflow
     import uvicorn
 
+    from polydistill.ops.registry import alias_version
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_uri", help="the router, e.g. models:/polydistill-router@champion")
+    parser.add_argument("name", help="the registered router, e.g. polydistill-router")
+    parser.add_argument("--alias", default="champion", help="the alias whose version is served")
+    parser.add_argument("--watch", type=float, default=0.0, help="seconds between checks of the alias (0: never)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    router = load_router(arguments.model_uri)
-    log.info("serving %s on http://%s:%d", arguments.model_uri, arguments.host, arguments.port)
-    uvicorn.run(create_app(router), host=arguments.host, port=arguments.port, log_level="info")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # this server's own lines; the libraries' INFO chatter stays off
+    client = mlflow.MlflowClient()
+    version = alias_version(client, arguments.name, arguments.alias)
+    if version is None:
+        raise SystemExit(f"{arguments.name} has no version with the alias {arguments.alias!r}")
+    served = ServedRouter(arguments.name, version, load_router(arguments.name, version))
+    stop = threading.Event()
+    if arguments.watch > 0:
+        threading.Thread(target=follow_alias, args=(served, client, arguments.alias, arguments.watch, stop),
+                         name="follow-alias", daemon=True).start()
+    log.info("serving %s version %s on http://%s:%d", arguments.name, version, arguments.host, arguments.port)
+    try:
+        uvicorn.run(create_app(served), host=arguments.host, port=arguments.port, log_level="info")
+    finally:
+        stop.set()
 
 
 if __name__ == "__main__":

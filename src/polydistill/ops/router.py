@@ -258,6 +258,11 @@ class StudentRouter(mlflow.pyfunc.PythonModel):
         """Class probabilities of one batch of lang's texts, on an inference thread."""
         return self.thread_state.students[lang](texts)
 
+    def close(self) -> None:
+        """Stop the inference threads once the work already given to them is done (a server swapping in another
+        router version calls this when no request uses this one any more)."""
+        self.inference_pool.shutdown(wait=True)
+
     def record_inference(self, texts: list[str], records: list[dict[str, Any]]) -> None:
         """Log the answers, on an inference thread (the log segments each text with its student's tokenizer)."""
         self.inference_log.record(texts, records, {lang: student.tokenizer
