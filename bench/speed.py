@@ -82,7 +82,8 @@ def ratio_cells(ratio: dict[str, float]) -> list[str]:
 
 
 def champion_router(params: dict[str, Any]) -> tuple[str | None, str]:
-    """(tracking URI, why not) of the champion router: URI None with the reason when there is none."""
+    """(tracking URI, champion version) of the router: URI None, with the reason instead of the version, when there
+    is none."""
     from polydistill.ops import registry, tracking
 
     settings = params["registry"]
@@ -91,9 +92,10 @@ def champion_router(params: dict[str, Any]) -> tuple[str | None, str]:
         return None, f"no MLflow store at {uri} (the register stage has not run)"
     client = tracking.connect(REPO_ROOT, settings)
     name = registry.router_model_name(settings["prefix"])
-    if registry.alias_version(client, name, registry.CHAMPION) is None:
+    version = registry.alias_version(client, name, registry.CHAMPION)
+    if version is None:
         return None, f"the registry has no champion '{name}'"
-    return uri, ""
+    return uri, version
 
 
 def post(url: str, records: list[dict[str, str]]) -> float:
@@ -109,14 +111,14 @@ def post(url: str, records: list[dict[str, str]]) -> float:
     return elapsed
 
 
-def serve_router(server: str, uri: str, params: dict[str, Any], port: int, log_path: Path) -> subprocess.Popen:
-    """The champion router served by `server` (polydistill or mlflow) on 127.0.0.1:port, once /ping answers."""
+def serve_router(server: str, uri: str, version: str, params: dict[str, Any], port: int,
+                 log_path: Path) -> subprocess.Popen:
+    """The champion router (`version`) served by `server` (polydistill or mlflow) on 127.0.0.1:port, once /ping
+    answers."""
     from polydistill.ops import http_server, registry
 
     name = registry.router_model_name(params["registry"]["prefix"])
-    command = (http_server.polydistill_command(sys.executable, name, registry.CHAMPION, "127.0.0.1", port, 0)
-               if server == "polydistill" else
-               http_server.mlflow_command(sys.executable, f"models:/{name}@{registry.CHAMPION}", "127.0.0.1", port))
+    command = http_server.server_command(server, sys.executable, name, version, "127.0.0.1", port, 0)
     environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,  # both: models:/ resolves
                    # against the registry URI, which an earlier mlflow.set_registry_uri may have exported
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -167,7 +169,7 @@ def paired_difference_ms(slower: list[float], faster: list[float], samples: int 
             "ci_high": float(np.percentile(medians, 97.5)), "texts": len(differences)}
 
 
-def measure_router(uri: str, params: dict[str, Any], texts: pd.DataFrame, sizes: dict[str, Any],
+def measure_router(uri: str, version: str, params: dict[str, Any], texts: pd.DataFrame, sizes: dict[str, Any],
                    batch_size: int) -> dict[str, dict[str, dict[str, Any]]]:
     """The served router over HTTP, per server and request kind: language detected (text only) and given (text and
     lang), both servers up at once, after one warm-up pass over the texts on each (lingua loads a confirmation
@@ -180,7 +182,7 @@ def measure_router(uri: str, params: dict[str, Any], texts: pd.DataFrame, sizes:
             urls = {}
             for server in SERVERS:
                 port = free_port()
-                processes[server] = serve_router(server, uri, params, port, Path(scratch) / f"{server}.log")
+                processes[server] = serve_router(server, uri, version, params, port, Path(scratch) / f"{server}.log")
                 urls[server] = f"http://127.0.0.1:{port}/invocations"
             detected = [{"text": text} for text in texts["text"]]
             for url in urls.values():
@@ -302,12 +304,12 @@ def add_router(result: dict[str, Any], params: dict[str, Any], test: pd.DataFram
                batch_size: int) -> None:
     """The HTTP figures of the champion router (language detected and given), the in-process cost of language
     detection, or a note saying why there are none."""
-    uri, reason = champion_router(params)
+    uri, version = champion_router(params)
     if uri is None:
-        result["notes"].append(f"Router endpoint not measured: {reason}.")
+        result["notes"].append(f"Router endpoint not measured: {version}.")
         return
     texts = test.groupby("lang").head(batch_size * sizes["http_batches"]).sample(frac=1.0, random_state=13)
-    servers = measure_router(uri, params, texts, sizes, batch_size)
+    servers = measure_router(uri, version, params, texts, sizes, batch_size)
     paired = {kind: paired_difference_ms(servers["mlflow"][kind].pop("latencies_ms"),
                                          servers["polydistill"][kind].pop("latencies_ms"))
               for kind in servers["mlflow"]}

@@ -252,7 +252,8 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
             if version is None:
                 raise registry.RegistryError(f"no router to serve ({name} has no champion): run `dvc repro` or "
                                              "`polydistill promote --lang <lang>` first")
-        command, restart_watch = server_command(server, name, version, host, port, watch)
+        command = http_server.server_command(server, sys.executable, name, version, host, port, watch)
+        restart_watch = 0.0 if server == "polydistill" else watch  # polydistill's follows the alias itself
         typer.echo(" ".join(command), err=True)
         process = subprocess.Popen(command, env=environment, start_new_session=True)  # own group: stop_model_server
         try:
@@ -265,17 +266,6 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5001,
             typer.echo(f"{name}: champion moved from version {version}; restarting the server", err=True)
         finally:  # also on SIGTERM and Ctrl-C
             stop_model_server(process)
-
-
-def server_command(server: str, name: str, version: str, host: str, port: int, watch: float
-                   ) -> tuple[list[str], float]:
-    """The model server's command line, and how often this command checks the alias to restart it: polydistill's
-    server follows the champion alias itself (never restarted), mlflow's serves one version."""
-    from polydistill.ops import http_server, registry
-
-    if server == "polydistill":
-        return http_server.polydistill_command(sys.executable, name, registry.CHAMPION, host, port, watch), 0.0
-    return http_server.mlflow_command(sys.executable, f"models:/{name}/{version}", host, port), watch
 
 
 def exit_on_sigterm() -> None:

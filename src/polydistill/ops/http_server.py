@@ -146,7 +146,7 @@ def create_app(served: ServedRouter) -> Any:
                              Route("/invocations", invocations, methods=["POST"])])
 
 
-def load_router(name: str, version: str) -> Any:
+def load_student_router(name: str, version: str) -> Any:
     """The StudentRouter inside router version `version` of `name`, loaded (its load_context run) by MLflow."""
     import mlflow
 
@@ -168,22 +168,25 @@ def follow_alias(served: ServedRouter, client: Any, alias: str, interval_s: floa
             if version is not None and version != served.version:
                 log.info("%s@%s moved from version %s to %s: loading it", served.name, alias, served.version, version)
                 previous = served.version
-                served.swap(version, load_router(served.name, version))
+                served.swap(version, load_student_router(served.name, version))
                 log.info("serving %s version %s (version %s retired)", served.name, version, previous)
         except Exception:  # noqa: BLE001 - keep answering with the version we have
             log.exception("could not follow %s@%s; still serving version %s", served.name, alias, served.version)
 
 
-def polydistill_command(python: str, name: str, alias: str, host: str, port: int, watch_s: float) -> list[str]:
-    """The command line of this server for router `name` at `alias` (followed every `watch_s` seconds; 0: never)."""
-    return [python, "-m", "polydistill.ops.http_server", name, "--alias", alias, "--host", host, "--port", str(port),
-            "--watch", str(watch_s)]
+def server_command(server: str, python: str, name: str, version: str, host: str, port: int,
+                   watch_s: float) -> list[str]:
+    """The command line that serves router `name` from `python`'s environment: polydistill's server serves its
+    champion and follows the alias every `watch_s` seconds (0: never); mlflow's serves `version` only."""
+    from polydistill.ops.registry import CHAMPION
 
-
-def mlflow_command(python: str, model_uri: str, host: str, port: int) -> list[str]:
-    """The command line of `mlflow models serve` for `model_uri`, in `python`'s environment."""
-    return [str(Path(python).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "-h", host, "-p", str(port)]
+    if server == "polydistill":
+        return [python, "-m", "polydistill.ops.http_server", name, "--alias", CHAMPION, "--host", host,
+                "--port", str(port), "--watch", str(watch_s)]
+    if server == "mlflow":
+        return [str(Path(python).with_name("mlflow")), "models", "serve", "-m", f"models:/{name}/{version}",
+                "--env-manager", "local", "-h", host, "-p", str(port)]
+    raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     version = alias_version(client, arguments.name, arguments.alias)
     if version is None:
         raise SystemExit(f"{arguments.name} has no version with the alias {arguments.alias!r}")
-    served = ServedRouter(arguments.name, version, load_router(arguments.name, version))
+    served = ServedRouter(arguments.name, version, load_student_router(arguments.name, version))
     stop = threading.Event()
     if arguments.watch > 0:
         threading.Thread(target=follow_alias, args=(served, client, arguments.alias, arguments.watch, stop),
