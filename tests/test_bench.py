@@ -176,7 +176,7 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
-                                           "vocabulary", "hidden", "kd_weight"]
+                                           "vocabulary", "hidden", "kd_weight", "steps"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 

@@ -29,7 +29,7 @@ from polydistill.model.training import collate
 
 LABELS = ["negative", "positive"]
 SOFT = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32, batch_size=16,
-                         threads=1)
+                         threads=1, runtime="torch_fp32")
 QUICK = {"eval_every": 4, "checkpoint_every": 4, "batch_size": 8, "epochs": 1, "eval_rows_per_language": 0}
 
 

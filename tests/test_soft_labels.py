@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -29,7 +30,7 @@ from polydistill.model.tfidf import fit_baselines
 
 LABELS = ["negative", "positive"]
 SETTINGS = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32,
-                             batch_size=8, threads=1)
+                             batch_size=8, threads=1, runtime="onnx_fp32")
 
 
 def frame(rows: int, offset: int) -> pd.DataFrame:
@@ -90,6 +91,20 @@ def test_a_language_scores_the_same_without_the_other_languages(generated: dict)
     stored_tfidf = load_soft_labels(root / "soft", "test", splits["test"], expected, "tfidf_log_probs")[zh]
     np.testing.assert_array_equal(np.log(np.clip(np.stack([alone.tfidf[i] for i in splits["test"]["id"][zh]]),
                                                  1e-12, None)).astype(np.float32), stored_tfidf)
+
+
+def test_onnx_runtime_scores_as_pytorch_does(generated: dict) -> None:
+    """The stage scores with ONNX Runtime (fp32); its logits are PyTorch's to float rounding, argmaxes equal."""
+    root, splits = generated["root"], generated["splits"]
+    train = pd.read_parquet(root / "train.parquet")
+    frames = language_frames(splits, "en")
+    by_runtime = {runtime: score_language(generated["teacher"], None, frames, train[train["lang"] == "en"],
+                                          dataclasses.replace(SETTINGS, runtime=runtime), LABELS).transformer
+                  for runtime in ("onnx_fp32", "torch_fp32")}
+    ids = sorted(by_runtime["torch_fp32"])
+    onnx, torch_logits = (np.stack([by_runtime[runtime][i] for i in ids]) for runtime in ("onnx_fp32", "torch_fp32"))
+    assert np.abs(onnx - torch_logits).max() < 1e-4
+    assert (onnx.argmax(axis=1) == torch_logits.argmax(axis=1)).all()
 
 
 def test_weight_minimises_validation_log_loss_not_accuracy() -> None:

@@ -99,6 +99,23 @@ def test_early_stopping_ends_after_patience(tmp_path: Path) -> None:
     assert state.step == 15 and state.evals_without_improvement == 2
 
 
+def test_max_steps_caps_the_run_and_its_schedule(tmp_path: Path) -> None:
+    """3 epochs of 160 rows are 60 steps; a cap of 25 ends the run there, and the run's total (what the learning-rate
+    schedule and the progress line span) is 25."""
+    totals: list[int] = []
+
+    def record_total(step: int, total: int, entry: dict) -> None:
+        totals.append(total)
+
+    state = train_classifier(tiny_model(), toy_set(160, 1), toy_set(60, 2), settings(max_steps=25, eval_every=5),
+                             tmp_path, PAD, progress=record_total)
+    assert state.step == 25 and [entry["step"] for entry in state.history] == [5, 10, 15, 20, 25]
+    assert set(totals) == {25}
+    uncapped = train_classifier(tiny_model(), toy_set(160, 1), toy_set(60, 2), settings(max_steps=1000),
+                                tmp_path / "uncapped", PAD)
+    assert uncapped.step == 60
+
+
 class Interrupted(Exception):
     pass
 

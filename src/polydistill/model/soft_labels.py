@@ -8,11 +8,12 @@ temperature is applied at distillation time, so changing it never reruns this st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 from sklearn.metrics import f1_score
 
 from polydistill.data.archives import sha256_of
+
+if TYPE_CHECKING:
+    from polydistill.model.runtime import RuntimeModel
 
 SPLIT_FILES = {"transfer": "transfer.parquet", "validation": "validation.parquet", "test": "test.parquet"}
 FINGERPRINT_FILE = "fingerprint.json"
@@ -42,12 +46,13 @@ class SoftLabelSettings:
     max_length: int
     batch_size: int
     threads: int
+    runtime: str  # how the transformer runs (polydistill.model.runtime): torch_fp32 or onnx_fp32
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> SoftLabelSettings:
         return cls(ensemble=section["ensemble"], weight_grid=tuple(section["weight_grid"]),
                    cross_fit_folds=section["cross_fit_folds"], max_length=section["max_length"],
-                   batch_size=section["batch_size"], threads=section["threads"])
+                   batch_size=section["batch_size"], threads=section["threads"], runtime=section["runtime"])
 
 
 def teacher_fingerprint(teacher_dir: Path, labels: list[str], max_length: int,
@@ -226,21 +231,39 @@ def score_language(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, 
 def _score_language(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame], train: pd.DataFrame,
                     settings: SoftLabelSettings, labels: list[str]) -> LanguageScores:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from polydistill.model.training import EncodedSet, encode_texts, predict_logits
+    from polydistill.model.training import Batch, EncodedSet, batched_logits, encode_texts
 
     torch.set_num_threads(settings.threads)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    model = teacher_in_runtime(sha256_of(teacher_dir / "model.safetensors"), teacher_dir, settings.runtime,
+                               settings.threads)
     unique = pd.concat(frames.values()).drop_duplicates("id").reset_index(drop=True)
     encoded = EncodedSet(encode_texts(tokenizer, unique["text"].tolist(), settings.max_length),
                          np.zeros(len(unique), dtype=np.int64), unique["lang"].to_numpy())
+
+    def forward(batch: Batch) -> np.ndarray:
+        return model.logits({"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()})
+
     languages = "/".join(sorted(unique["lang"].unique()))
-    transformer = dict(zip(unique["id"], predict_logits(model, encoded, tokenizer.pad_token_id,
-                                                        settings.batch_size, task=f"teacher soft labels {languages}")))
+    logits = batched_logits(forward, model.config.num_labels, encoded, tokenizer.pad_token_id, settings.batch_size,
+                            task=f"teacher soft labels {languages}")
+    transformer = dict(zip(unique["id"], logits))
     tfidf = tfidf_probabilities(tfidf_dir, frames, train, labels, settings.cross_fit_folds) if tfidf_dir else {}
     return LanguageScores(transformer, tfidf)
+
+
+@functools.lru_cache(maxsize=1)
+def teacher_in_runtime(weights_sha256: str, teacher_dir: Path, runtime: str, threads: int) -> RuntimeModel:
+    """The transformer teacher in `runtime`, built once per process for every language it scores (an ONNX export of
+    the teacher takes ~10 s); keyed by the weights' hash, so a teacher retrained in the same folder is rebuilt."""
+    from transformers import AutoModelForSequenceClassification
+
+    from polydistill.model.runtime import for_runtime
+
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    return for_runtime(model, runtime, threads)
 
 
 def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
@@ -272,7 +295,7 @@ def write_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[st
               "rows": {split: {"rows": len(frame), "ids_sha256": ids_hash(frame["id"].tolist()),
                                "texts_sha256": texts_hash(frame["text"].tolist())}
                        for split, frame in frames.items()},
-              "unique_texts_scored": len(transformer)}
+              "unique_texts_scored": len(transformer), "transformer_runtime": settings.runtime}
     (output_dir / FINGERPRINT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

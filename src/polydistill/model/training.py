@@ -59,6 +59,7 @@ class TrainSettings:
     freeze_word_embeddings: bool = False
     eval_batch_size: int = 64
     eval_rows_per_language: int = 0  # validation rows scored per language at each evaluation (0 = all)
+    max_steps: int | None = None  # cap on optimizer steps (None: epochs decide); the schedule spans the capped run
     processes: int = 1  # data-parallel training processes (torch distributed, gloo)
 
     @classmethod
@@ -185,17 +186,25 @@ def ordered_batches(data: EncodedSet, batch_size: int) -> Iterator[np.ndarray]:
         yield order[start:start + batch_size]
 
 
-@torch.inference_mode()
 def predict_logits(model: torch.nn.Module, data: EncodedSet, pad_id: int, batch_size: int,
                    task: str | None = None) -> np.ndarray:
-    """Logits for every row of data, in row order; progress shown as `task` when one is given."""
+    """Logits of a PyTorch model for every row of data, in row order; progress shown as `task` when one is given."""
     model.eval()
-    logits = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+
+    def forward(batch: Batch) -> np.ndarray:
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float().numpy()
+
+    return batched_logits(forward, model.config.num_labels, data, pad_id, batch_size, task)
+
+
+@torch.inference_mode()
+def batched_logits(forward: Callable[[Batch], np.ndarray], num_labels: int, data: EncodedSet, pad_id: int,
+                   batch_size: int, task: str | None = None) -> np.ndarray:
+    """`forward`'s logits for every row of data, in row order, batched by length; progress shown as `task`."""
+    logits = np.zeros((len(data), num_labels), dtype=np.float32)
     with Progress(task, len(data), unit="text") if task else nullcontext() as shown:
         for indices in ordered_batches(data, batch_size):
-            batch = collate(data, indices, pad_id)
-            logits[indices] = model(input_ids=batch.input_ids,
-                                    attention_mask=batch.attention_mask).logits.float().numpy()
+            logits[indices] = forward(collate(data, indices, pad_id))
             if shown:
                 shown.update(shown.done + len(indices))
     return logits
@@ -238,6 +247,8 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
         model.get_input_embeddings().weight.requires_grad_(False)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
     optimizer, scheduler = make_optimizer(model, settings, total_steps)
     checkpoint_dir, best_dir = work_dir / "checkpoint", work_dir / "best"
     if ranks.is_main:
@@ -304,13 +315,18 @@ def export_best(work_dir: Path, output_dir: Path) -> None:
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings,
                    total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (no decay on biases and LayerNorm) with linear warmup then linear decay to zero."""
+    """AdamW (no decay on biases and LayerNorm) with linear warmup then linear decay to zero.
+
+    The fused implementation updates every parameter in one kernel: on a 4-layer student it takes 4.5 ms where
+    PyTorch's CPU default (one tensor at a time) takes 25.6, and a whole step 82 ms instead of 104.
+    """
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.learning_rate)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.learning_rate,
+                                  fused=True)
     warmup = max(1, int(total_steps * settings.warmup_ratio))
 
     def schedule(step: int) -> float:
