@@ -23,11 +23,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 setup: $(STAMP)
 
 # pip brings uv and torch (pip's own configuration may point at a local CPU wheel), then uv installs the rest of the
-# lock in parallel: under a minute where pip alone took over five
+# lock in parallel (the platform's certificate store, as pip's may hold a proxy's CA): under a minute where pip alone
+# took over five. Where uv cannot reach the index that pip is configured for, pip installs the rest.
+INSTALL_OPTIONS := --quiet --constraint requirements.lock --editable ".[test,bench,server]"
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint requirements.lock uv torch
-	$(BIN)/uv pip install --python $(BIN)/python --quiet --constraint requirements.lock --editable ".[test,bench,server]"
+	$(BIN)/uv pip install --python $(BIN)/python --system-certs $(INSTALL_OPTIONS) || \
+		$(BIN)/python -m pip install $(INSTALL_OPTIONS)
 	test -d .dvc || $(BIN)/dvc init --quiet
 	touch $(STAMP)
 
