@@ -18,9 +18,10 @@ MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quali
            "reruns": "bench.reruns", "ablations": "bench.ablations", "seeds": "bench.seeds",
            "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive", "scaling": "bench.scaling",
            "class_weights": "bench.class_weights", "vocabulary": "bench.vocabulary", "hidden": "bench.hidden",
-           "kd_weight": "bench.kd_weight", "steps": "bench.steps"}
+           "kd_weight": "bench.kd_weight", "steps": "bench.steps", "selection": "bench.selection"}
 # benchmarks that take --languages
-PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive", "class_weights", "vocabulary", "hidden")
+PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive", "class_weights", "vocabulary", "hidden",
+                "selection")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

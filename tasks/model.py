@@ -98,11 +98,12 @@ def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], so
     from polydistill.model.soft_labels import SoftLabelSettings
 
     report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(soft_label_settings), labels)
-    get_run_logger().info("%s students: KD best %.4f, CE best %.4f (validation macro-F1), %d params", lang,
+    get_run_logger().info("%s students: KD %.4f, CE %.4f (validation macro-F1 of the kept step), %d params", lang,
                           report["kd"]["best_validation_macro_f1"], report["ce"]["best_validation_macro_f1"],
                           report["student"]["total_params"])
-    students = [{"student": variant, "best validation macro-F1": round(report[variant]["best_validation_macro_f1"], 4),
-                 "best step": report[variant]["best_step"], "steps": report[variant]["steps"],
+    students = [{"student": variant, "kept by": report[variant]["selected_by"],
+                 "validation macro-F1": round(report[variant]["best_validation_macro_f1"], 4),
+                 "kept step": report[variant]["best_step"], "steps": report[variant]["steps"],
                  "train rows": report[variant]["train_rows"]} for variant in ("kd", "ce")]
     shape = report["student"]
     create_table_artifact(students, key=f"students-{lang.lower()}", description=f"{lang} students: "

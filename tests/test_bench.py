@@ -17,6 +17,7 @@ from bench.kd_weight import VARIANTS as KD_WEIGHT_VARIANTS  # noqa: E402
 from bench.loop import training_flops  # noqa: E402
 from bench.quality import language_row, with_interval  # noqa: E402
 from bench.report import markdown_table, render_benchmarks, render_result  # noqa: E402
+from bench.selection import held_out_scores, replay  # noqa: E402
 from bench.speed import identification  # noqa: E402
 from bench.variants import default_variant, summarise, with_overrides  # noqa: E402
 
@@ -176,7 +177,7 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
-                                           "vocabulary", "hidden", "kd_weight", "steps"]
+                                           "vocabulary", "hidden", "kd_weight", "steps", "selection"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
@@ -255,3 +256,27 @@ def test_the_kd_weight_variants_set_only_zh_alpha_and_one_is_params() -> None:
         changed = with_overrides(distill, overrides)
         changed["per_language"]["zh"]["alpha"] = distill["per_language"]["zh"]["alpha"]
         assert changed == distill
+
+
+@pytest.mark.parametrize("rule", ["macro_f1", "log_loss", "last"])
+def test_a_replayed_rule_keeps_the_step_training_kept(tmp_path: Path, rule: str) -> None:
+    from test_training import PAD, settings, tiny_model, toy_set
+
+    from polydistill.model.training import train_classifier, validation_logits
+
+    validation = toy_set(61, 2)
+    validation.langs[:] = "en"  # the bench replays one language's curve
+    state = train_classifier(tiny_model(), toy_set(160, 1), validation,
+                             settings(eval_every=3, patience=2, select_by=rule), tmp_path, PAD)
+    curve, gold, _ = validation_logits(tmp_path)
+    assert replay(rule, curve, gold, np.arange(len(gold)), patience=2) == state.best_step
+
+
+def test_held_out_halves_score_each_rule_on_rows_it_did_not_choose_on() -> None:
+    gold = np.array([0, 1] * 20)
+    right = np.stack([1.0 - gold, gold.astype(float)], axis=1)
+    curve = {100: right, 200: -right, 300: right * 0.1}  # step 200 is always wrong
+    scores = held_out_scores(curve, gold, patience=4, halves=5, seed=0)
+    assert scores["macro_f1"]["held_out_macro_f1"] == 1.0 and scores["macro_f1"]["mean_step"] == 100
+    assert scores["log_loss"]["mean_step"] == 100, "confident and right beats unsure and right"
+    assert scores["last"]["mean_step"] == 300 and scores["last"]["last_step"] == 300

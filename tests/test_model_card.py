@@ -31,7 +31,8 @@ def facts(kd: float = 0.85, tfidf: float = 0.80, test_rows: int = 1000, ece: flo
     }
     distilled = {"mode": "shared", "kd_settings": {"alpha": 0.7, "temperature": 2.0},
                  "student": {"kind": "narrow", "layers": [0, 4, 8, 11]},
-                 "kd": {"best_validation_macro_f1": 0.86, "best_step": 200, "steps": 315},
+                 "kd": {"best_validation_macro_f1": 0.86, "best_step": 200, "steps": 315,
+                        "selected_by": "macro_f1"},
                  "transfer_rows": {"labelled": 900, "unlabelled": 300}}
     sources = [{"package": "evomsa", "version": "2.0.14", "sha256": "948955df920578c6", "licence": "Apache-2.0",
                 "language": "es", "domain": "Spanish tweets"}]
@@ -47,7 +48,8 @@ def test_the_card_states_the_measured_figures_and_the_gate() -> None:
     for expected in ("# polydistill-student-es version 4", "Spanish tweets", "`evomsa` 2.0.14",
                      "555 train, 80 validation, 161 test", "| **this student** | 0.850 (0.810-0.890)",
                      "| TF-IDF baseline | 0.800", "Retention of the teacher's macro-F1: 96.6%", "5,755,970 parameters",
-                     "α 0.7, temperature 2.0", "**promoted to champion**", "PASS: validation macro-F1 0.861",
+                     "α 0.7, temperature 2.0", "kept step 200 of 315 (by macro_f1), validation macro-F1 0.860",
+                     "**promoted to champion**", "PASS: validation macro-F1 0.861",
                      "data_sha256 `abcdef123456`"):
         assert expected in card, expected
     assert "Not run yet" in render_model_card(facts(), SETTINGS, None)

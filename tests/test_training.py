@@ -21,11 +21,13 @@ from polydistill.model.training import (
     bucketed_batches,
     collate,
     cross_entropy_loss,
+    per_language_log_loss,
     per_language_macro_f1,
     predict_logits,
     rows_per_language,
     run_key,
     train_classifier,
+    validation_logits,
 )
 
 PAD = 1
@@ -91,6 +93,51 @@ def test_the_best_folder_holds_the_evaluation_with_the_best_validation_score(tmp
     predictions = predict_logits(saved, validation, PAD, 16).argmax(axis=1)
     assert per_language_macro_f1(validation.labels, predictions, validation.langs)["mean"] == \
         pytest.approx(means[best], abs=1e-5)
+
+
+def test_the_log_loss_rule_keeps_the_evaluation_with_the_lowest_validation_log_loss(tmp_path: Path) -> None:
+    validation = toy_set(60, 2)
+    state = train_classifier(tiny_model(), toy_set(160, 1), validation, settings(eval_every=3, select_by="log_loss"),
+                             tmp_path, PAD)
+    losses = [entry["validation_log_loss_mean"] for entry in state.history]
+    assert state.best_step == state.history[int(np.argmin(losses))]["step"]
+    saved = BertForSequenceClassification.from_pretrained(tmp_path / "best").eval()
+    logits = predict_logits(saved, validation, PAD, 16)
+    assert per_language_log_loss(validation.labels, logits, validation.langs)["mean"] == \
+        pytest.approx(min(losses), abs=1e-4)
+
+
+def test_the_last_rule_never_stops_early_and_keeps_the_last_step(tmp_path: Path) -> None:
+    state = train_classifier(tiny_model(), toy_set(160, 1), toy_set(60, 2),
+                             settings(learning_rate=0.0, patience=2, eval_every=5, select_by="last"), tmp_path, PAD)
+    assert state.step == 60 and state.best_step == 60, "a flat score would stop macro_f1 at step 15"
+    assert state.best_evaluation() == state.history[-1]
+
+
+def test_an_unknown_selection_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="select_by"):
+        settings(select_by="accuracy")
+
+
+def test_every_evaluation_keeps_its_validation_logits(tmp_path: Path) -> None:
+    validation = toy_set(60, 2)
+    state = train_classifier(tiny_model(), toy_set(160, 1), validation, settings(eval_every=7), tmp_path, PAD)
+    curve, labels, langs = validation_logits(tmp_path)
+    assert list(curve) == [entry["step"] for entry in state.history] == [7, 14, 21, 28, 35, 42, 49, 56, 60]
+    assert np.array_equal(labels, validation.labels) and np.array_equal(langs, validation.langs)
+    for entry in state.history:
+        scores = per_language_macro_f1(labels, curve[entry["step"]].argmax(axis=1), langs)
+        assert scores["mean"] == pytest.approx(entry["validation_macro_f1_mean"], abs=1e-5)
+
+
+def test_log_loss_per_language_is_the_mean_negative_log_probability_of_the_gold_label() -> None:
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0], [0.5, 0.5]])
+    labels, langs = np.array([0, 0, 1, 1]), np.array(["en", "en", "zh", "zh"])
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    gold = -np.log(probabilities[np.arange(4), labels])
+    losses = per_language_log_loss(labels, logits, langs)
+    assert losses["en"] == pytest.approx(gold[:2].mean()) and losses["zh"] == pytest.approx(gold[2:].mean())
+    assert losses["mean"] == pytest.approx((gold[:2].mean() + gold[2:].mean()) / 2)
 
 
 def test_early_stopping_ends_after_patience(tmp_path: Path) -> None:

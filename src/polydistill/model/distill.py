@@ -139,8 +139,12 @@ def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.nda
     state = train_classifier(model, train_set, validation_set, train_settings, work_dir, tokenizer.pad_token_id,
                              save_best=save_best, task=task, **kwargs)
     export_best(work_dir, output_dir)
-    return {"best_step": state.best_step, "steps": state.step, "best_validation_macro_f1": state.best_score,
-            "train_rows": len(train_set), "history": state.history}
+    best = state.best_evaluation()
+    return {"run": work_dir.name, "best_step": state.best_step, "steps": state.step,
+            "selected_by": train_settings.select_by,
+            "best_validation_macro_f1": best["validation_macro_f1_mean"],
+            "best_validation_log_loss": best["validation_log_loss_mean"], "train_rows": len(train_set),
+            "history": state.history}
 
 
 def encode_transfer(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_length: int) -> EncodedSet:

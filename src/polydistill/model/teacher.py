@@ -101,7 +101,7 @@ def train_in_process(pretrained_dir: Path, train_frame: pd.DataFrame, validation
 
     state = train_classifier(model, train, validation, train_settings, work_dir, tokenizer.pad_token_id,
                              save_best=save_best, task=task, ranks=ranks)
-    best = next(entry for entry in state.history if entry["step"] == state.best_step)
+    best = state.best_evaluation()
     return {
         "best_step": state.best_step,
         "steps": state.step,

@@ -1,11 +1,12 @@
 """The training loop shared by the teacher and the students.
 
 Length-bucketed batches with dynamic padding (no padding to max_length), AdamW with linear warmup and decay,
-evaluation every `eval_every` steps (macro-F1 per language), early stopping, the best model kept as a Hugging Face
-folder, and a checkpoint every `checkpoint_every` steps (weights, optimizer, scheduler and RNG state, all as
-safetensors + JSON) from which a killed run resumes where it stopped. Both folders are replaced crash-safely
-(polydistill.durable), so a kill at any instant leaves a complete copy to resume from. With `processes` > 1 the same
-loop runs data-parallel in several processes (polydistill.model.distributed).
+evaluation every `eval_every` steps (macro-F1 and log-loss per language), early stopping, the best model by the
+selection rule kept as a Hugging Face folder, every evaluation's validation logits kept beside it, and a checkpoint
+every `checkpoint_every` steps (weights, optimizer, scheduler and RNG state, all as safetensors + JSON) from which a
+killed run resumes where it stopped. Both folders are replaced crash-safely (polydistill.durable), so a kill at any
+instant leaves a complete copy to resume from. With `processes` > 1 the same loop runs data-parallel in several
+processes (polydistill.model.distributed).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from polydistill.progress import Progress
 log = logging.getLogger(__name__)
 
 LossFunction = Callable[[torch.nn.Module, "Batch"], dict[str, Tensor]]
+# How an evaluation's model is scored for keeping (higher wins; `patience` evaluations without a gain stop the run):
+# macro_f1: mean per-language validation macro-F1; log_loss: minus the mean per-language validation log-loss;
+# last: the step itself, so every evaluation is kept and training runs to its last step.
+SELECTION_RULES = ("macro_f1", "log_loss", "last")
+VALIDATION_LOGITS_FILE = "validation_logits.npz"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,11 @@ class TrainSettings:
     eval_rows_per_language: int = 0  # validation rows scored per language at each evaluation (0 = all)
     max_steps: int | None = None  # cap on optimizer steps (None: epochs decide); the schedule spans the capped run
     processes: int = 1  # data-parallel training processes (torch distributed, gloo)
+    select_by: str = "macro_f1"  # which evaluation is kept as best: one of SELECTION_RULES
+
+    def __post_init__(self) -> None:
+        if self.select_by not in SELECTION_RULES:
+            raise ValueError(f"unknown select_by '{self.select_by}': use one of {', '.join(SELECTION_RULES)}")
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> TrainSettings:
@@ -121,10 +132,14 @@ class TrainState:
     """Progress that a checkpoint records besides the tensors."""
 
     step: int = 0
-    best_score: float = -1.0
+    best_score: float = float("-inf")
     best_step: int = 0
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def best_evaluation(self) -> dict[str, Any]:
+        """The history entry of the evaluation kept as best."""
+        return next(entry for entry in self.history if entry["step"] == self.best_step)
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -220,6 +235,21 @@ def per_language_macro_f1(labels: np.ndarray, predictions: np.ndarray, langs: np
     return scores
 
 
+def per_language_log_loss(labels: np.ndarray, logits: np.ndarray, langs: np.ndarray) -> dict[str, float]:
+    """Mean negative log-probability of the gold label for each language, and their unweighted mean under "mean"."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    gold = -log_probabilities[np.arange(len(labels)), labels]
+    losses = {str(lang): float(gold[langs == lang].mean()) for lang in sorted(set(langs.tolist()))}
+    losses["mean"] = float(np.mean(list(losses.values())))
+    return losses
+
+
+def selection_score(rule: str, macro_f1: dict[str, float], log_loss: dict[str, float], step: int) -> float:
+    """An evaluation's score under a selection rule (see SELECTION_RULES); higher is better."""
+    return {"macro_f1": macro_f1["mean"], "log_loss": -log_loss["mean"], "last": float(step)}[rule]
+
+
 def cross_entropy_loss(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
     """Cross-entropy of the model's logits against the gold labels: the batch mean, or with loss weights the
     weighted mean Σ wᵢ·ℓᵢ / Σ wᵢ (PyTorch's convention: a row of weight k counts as k copies of the row)."""
@@ -234,11 +264,12 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
                      save_best: Callable[[Path], None] | None = None,
                      progress: Callable[[int, int, dict[str, float]], None] | None = None,
                      task: str = "training", ranks: Ranks = Ranks()) -> TrainState:
-    """Train `model` on `train`, keep the best model (by mean per-language validation macro-F1) in work_dir/best.
+    """Train `model` on `train`, keep the best model (by settings.select_by) in work_dir/best.
 
     A checkpoint in work_dir/checkpoint is resumed from when present. `save_best(path)` writes the best
     model (default: model.save_pretrained); `progress(step, total, evaluation)` is called after each evaluation.
-    Progress is shown as `task` (polydistill.progress). Returns the final state with the evaluation history.
+    Progress is shown as `task` (polydistill.progress). Returns the final state with the evaluation history; the
+    validation logits of every evaluation are kept in work_dir/validation_logits.npz (record_validation_logits).
     Under torch distributed (`ranks`), each rank trains on its rows of every batch and only rank 0 writes.
     """
     torch.manual_seed(settings.seed + ranks.rank)  # dropout differs between ranks
@@ -277,7 +308,7 @@ def train_classifier(model: torch.nn.Module, train: EncodedSet, validation: Enco
                                           for name, value in losses.items()})
                 last = state.step == total_steps
                 if state.step % settings.eval_every == 0 or last:
-                    evaluate_and_keep_best(model, validation, settings, state, pad_id, best_dir, save_best, losses,
+                    evaluate_and_keep_best(model, validation, settings, state, pad_id, work_dir, save_best, losses,
                                            time.perf_counter() - started, ranks)
                     shown.update(state.step, {key.replace("validation_macro_f1", "val_f1"): value
                                               for key, value in state.history[-1].items()
@@ -338,28 +369,49 @@ def make_optimizer(model: torch.nn.Module, settings: TrainSettings,
 
 
 def evaluate_and_keep_best(model: torch.nn.Module, validation: EncodedSet, settings: TrainSettings,
-                           state: TrainState, pad_id: int, best_dir: Path, save_best: Callable[[Path], None],
+                           state: TrainState, pad_id: int, work_dir: Path, save_best: Callable[[Path], None],
                            losses: dict[str, Tensor], elapsed: float, ranks: Ranks = Ranks()) -> None:
-    """Score the model on validation (rows split across ranks); the main rank saves it as best when the mean
-    per-language macro-F1 improves."""
+    """Score the model on validation (rows split across ranks); the main rank records the logits and saves the model
+    as work_dir/best when its score under settings.select_by improves."""
     logits = ranks.gather_rows(len(validation), lambda rows: predict_logits(model, validation.subset(rows), pad_id,
                                                                             settings.eval_batch_size))
-    predictions = logits.argmax(axis=1)
-    scores = per_language_macro_f1(validation.labels, predictions, validation.langs)
+    macro_f1 = per_language_macro_f1(validation.labels, logits.argmax(axis=1), validation.langs)
+    log_loss = per_language_log_loss(validation.labels, logits, validation.langs)
     entry = {"step": state.step, "seconds": round(elapsed, 1),
              **{f"train_{name}": round(float(value.detach()), 5) for name, value in losses.items()},
-             **{f"validation_macro_f1_{lang}": round(score, 5) for lang, score in scores.items()}}
+             **{f"validation_macro_f1_{lang}": round(score, 5) for lang, score in macro_f1.items()},
+             **{f"validation_log_loss_{lang}": round(loss, 5) for lang, loss in log_loss.items()}}
     state.history.append(entry)
     log.debug("step %d: %s", state.step, entry)
-    if scores["mean"] > state.best_score:
-        state.best_score, state.best_step, state.evals_without_improvement = scores["mean"], state.step, 0
+    if ranks.is_main:
+        record_validation_logits(work_dir / VALIDATION_LOGITS_FILE, state.step, logits, validation)
+    score = selection_score(settings.select_by, macro_f1, log_loss, state.step)
+    if score > state.best_score:
+        state.best_score, state.best_step, state.evals_without_improvement = score, state.step, 0
         if ranks.is_main:
-            staging = new_staging(best_dir)
+            staging = new_staging(work_dir / "best")
             save_best(staging)
-            publish_directory(staging, best_dir, kill_prefix="best")
+            publish_directory(staging, work_dir / "best", kill_prefix="best")
         ranks.barrier()
     else:
         state.evals_without_improvement += 1
+
+
+def record_validation_logits(path: Path, step: int, logits: np.ndarray, validation: EncodedSet) -> None:
+    """Add one evaluation's validation logits (key step_<n>) to the run's record, with the rows' labels and
+    languages, so that selection rules can be compared after the run (bench selection); replaced atomically."""
+    record = dict(np.load(path)) if path.exists() else {}
+    record.update({"labels": validation.labels, "langs": validation.langs.astype(str), f"step_{step}": logits})
+    staging = path.with_name(f".{path.stem}.staging.npz")
+    np.savez(staging, **record)
+    staging.replace(path)
+
+
+def validation_logits(work_dir: Path) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """What record_validation_logits kept for a run: logits by step, the rows' label ids and languages."""
+    with np.load(work_dir / VALIDATION_LOGITS_FILE) as record:
+        steps = {int(key.removeprefix("step_")): record[key] for key in record.files if key.startswith("step_")}
+        return dict(sorted(steps.items())), record["labels"], record["langs"]
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

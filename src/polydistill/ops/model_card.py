@@ -136,9 +136,9 @@ def settings_section(facts: CardFacts) -> str:
     kd, student = facts.distilled.get("kd_settings", {}), facts.distilled["student"]
     return ("## Distillation settings\n"
             f"Mode {facts.distilled['mode']}, α {kd.get('alpha')}, temperature {kd.get('temperature')}; student kind "
-            f"{student['kind']}, teacher layers {student['layers']}; best validation macro-F1 "
-            f"{facts.distilled['kd']['best_validation_macro_f1']:.3f} at step {facts.distilled['kd']['best_step']} "
-            f"of {facts.distilled['kd']['steps']}.")
+            f"{student['kind']}, teacher layers {student['layers']}; kept step {facts.distilled['kd']['best_step']} "
+            f"of {facts.distilled['kd']['steps']} (by {facts.distilled['kd']['selected_by']}), validation macro-F1 "
+            f"{facts.distilled['kd']['best_validation_macro_f1']:.3f}.")
 
 
 def limitations_section(facts: CardFacts, settings: CardSettings) -> str:
