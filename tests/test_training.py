@@ -121,8 +121,10 @@ def test_an_unknown_selection_rule_is_refused() -> None:
 
 def test_every_evaluation_keeps_its_validation_logits(tmp_path: Path) -> None:
     validation = toy_set(60, 2)
-    state = train_classifier(tiny_model(), toy_set(160, 1), validation, settings(eval_every=7), tmp_path, PAD)
-    curve, labels, langs = validation_logits(tmp_path)
+    work_dir = tmp_path / "run"  # created by the first evaluation, which comes before the first checkpoint
+    state = train_classifier(tiny_model(), toy_set(160, 1), validation, settings(eval_every=7, checkpoint_every=50),
+                             work_dir, PAD)
+    curve, labels, langs = validation_logits(work_dir)
     assert list(curve) == [entry["step"] for entry in state.history] == [7, 14, 21, 28, 35, 42, 49, 56, 60]
     assert np.array_equal(labels, validation.labels) and np.array_equal(langs, validation.langs)
     for entry in state.history:

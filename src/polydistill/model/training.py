@@ -403,6 +403,7 @@ def record_validation_logits(path: Path, step: int, logits: np.ndarray, validati
     record = dict(np.load(path)) if path.exists() else {}
     record.update({"labels": validation.labels, "langs": validation.langs.astype(str), f"step_{step}": logits})
     staging = path.with_name(f".{path.stem}.staging.npz")
+    path.parent.mkdir(parents=True, exist_ok=True)  # an evaluation can come before the first checkpoint
     np.savez(staging, **record)
     staging.replace(path)
 
