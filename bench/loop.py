@@ -93,7 +93,8 @@ def load_slice(teacher_dir: Path, student_dir: Path, rows: int,
     labels = params["data"]["labels"]
     transfer = pd.read_parquet(REPO_ROOT / "data/transfer/transfer.parquet")
     tfidf_dir = REPO_ROOT / "models/tfidf" if params["soft_labels"]["ensemble"] else None
-    expected = teacher_fingerprint(teacher_dir, labels, params["soft_labels"]["max_length"], tfidf_dir)
+    expected = teacher_fingerprint(teacher_dir, labels, params["soft_labels"]["max_length"], tfidf_dir,
+                                   REPO_ROOT / "models/fold_teachers")
     logits = load_soft_labels(REPO_ROOT / "data/soft_labels", "transfer", transfer, expected)
     mask = (transfer["lang"] == LANGUAGE).to_numpy()
     frame = transfer[mask].reset_index(drop=True).iloc[:rows]

@@ -30,7 +30,8 @@ TARGETS = {"kd_over_tfidf_mean": 0.02, "worst_retention": 0.97, "kd_over_ce_mean
 def pipeline_paths(lang: str, output: Path) -> dict[str, Path]:
     """The default run's inputs for one language's students, with outputs under `output`."""
     data = REPO_ROOT / "data"
-    return {"teacher": REPO_ROOT / "models/teacher", "tfidf": REPO_ROOT / "models/tfidf",
+    return {"teacher": REPO_ROOT / "models/teacher", "fold_teachers": REPO_ROOT / "models/fold_teachers",
+            "tfidf": REPO_ROOT / "models/tfidf",
             "soft_labels": require(data / "soft_labels", "make run"), "transfer": data / "transfer/transfer.parquet",
             "labelled_transfer": data / "transfer/labelled.parquet", "pool": data / "transfer/pool.parquet",
             "word_frequencies": data / "word_frequencies",

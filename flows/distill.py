@@ -14,6 +14,7 @@ def distill_flow(lang: str) -> dict:
     ensemble = params["soft_labels"]["ensemble"]
     paths = {
         "teacher": root / "models/teacher",
+        "fold_teachers": root / "models/fold_teachers",
         "tfidf": root / "models/tfidf" if ensemble else None,
         "soft_labels": root / "data/soft_labels",
         "transfer": root / "data/transfer/transfer.parquet",

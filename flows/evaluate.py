@@ -16,6 +16,7 @@ def evaluate_flow() -> list[dict]:
     root, params = stage_context()
     paths = {
         "teacher": root / "models/teacher",
+        "fold_teachers": root / "models/fold_teachers",
         "tfidf": root / "models/tfidf",
         "teacher_tfidf": root / "models/tfidf" if params["soft_labels"]["ensemble"] else None,
         "soft_labels": root / "data/soft_labels",

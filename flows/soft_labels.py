@@ -18,11 +18,12 @@ def soft_labels_flow() -> dict:
     splits = {"transfer": root / "data/transfer/transfer.parquet",
               "validation": root / "data/prepared/validation.parquet",
               "test": root / "data/prepared/test.parquet"}
-    teacher, train = root / "models/teacher", root / "data/prepared/train.parquet"
+    teacher, fold_teachers = root / "models/teacher", root / "models/fold_teachers"
+    train = root / "data/prepared/train.parquet"
     tfidf = root / "models/tfidf" if settings["ensemble"] else None
-    scores = per_language(score_language_task, params["data"]["languages"], teacher, tfidf, splits, train, settings,
-                          labels)
-    return soft_labels_task(teacher, tfidf, splits, scores, root / "data/soft_labels",
+    scores = per_language(score_language_task, params["data"]["languages"], teacher, fold_teachers, tfidf, splits,
+                          train, settings, labels)
+    return soft_labels_task(teacher, fold_teachers, tfidf, splits, scores, root / "data/soft_labels",
                             root / "metrics/soft_labels.json", settings, labels)
 
 

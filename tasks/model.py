@@ -58,30 +58,54 @@ def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_
     return metrics
 
 
+@task(name="fold_teachers")
+def fold_teachers_task(pretrained_dir: Path, teacher_set_path: Path, validation_path: Path, output_dir: Path,
+                       metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str],
+                       folds: int) -> dict:
+    """Fine-tune the teacher's fold twins (each resuming from its last checkpoint if a previous run was killed)."""
+    from polydistill.model.fold_teachers import train_fold_teachers
+
+    report = train_fold_teachers(pretrained_dir, teacher_set_path, validation_path, output_dir, metrics_path,
+                                 work_root, settings, labels, folds)
+    for twin in report["twins"]:
+        get_run_logger().info("fold twin %d (%d rows) best at step %d of %d: validation macro-F1 %s", twin["fold"],
+                              twin["train_rows"], twin["best_step"], twin["steps"], twin["validation_macro_f1"])
+    if report["twins"]:
+        create_table_artifact([{"fold": twin["fold"], "rows": twin["train_rows"], "language": lang,
+                                "validation macro-F1": round(score, 4)}
+                               for twin in report["twins"] for lang, score in twin["validation_macro_f1"].items()],
+                              key="fold-teachers-validation",
+                              description="Fold twins of the teacher: validation macro-F1 per language, kept step")
+    return report
+
+
 @task(name="soft-labels-language")
-def score_language_task(lang: str, teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path],
-                        train_path: Path, settings: dict[str, Any], labels: list[str]) -> LanguageScores:
-    """One language's teacher logits (and TF-IDF member) for its transfer, validation and test rows."""
+def score_language_task(lang: str, teacher_dir: Path, fold_teachers_dir: Path, tfidf_dir: Path | None,
+                        split_paths: dict[str, Path], train_path: Path, settings: dict[str, Any],
+                        labels: list[str]) -> LanguageScores:
+    """One language's teacher logits (by the teacher or its fold twins, and the TF-IDF member) for its transfer,
+    validation and test rows."""
     from polydistill.model.soft_labels import SoftLabelSettings, language_frames, score_language
 
     with logged_placement(f"soft_labels:{lang}"):
         frames = language_frames({split: pd.read_parquet(path) for split, path in split_paths.items()}, lang)
         train = pd.read_parquet(train_path)
-        scores = score_language(teacher_dir, tfidf_dir, frames, train[train["lang"] == lang],
+        scores = score_language(teacher_dir, fold_teachers_dir, tfidf_dir, frames, train[train["lang"] == lang],
                                 SoftLabelSettings.from_params(settings), labels)
-    get_run_logger().info("%s: %d distinct texts scored", lang, len(scores.transformer))
+    get_run_logger().info("%s: %d distinct texts scored, %d of them by fold twins of the teacher", lang,
+                          len(scores.transformer), sum(scores.twin_rows.values()))
     return scores
 
 
 @task(name="soft_labels")
-def soft_labels_task(teacher_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path],
+def soft_labels_task(teacher_dir: Path, fold_teachers_dir: Path, tfidf_dir: Path | None, split_paths: dict[str, Path],
                      scores: list[LanguageScores], output_dir: Path, metrics_path: Path, settings: dict[str, Any],
                      labels: list[str]) -> dict:
     """The soft-label folder from every language's scores: ensemble weights, logits, fingerprint, metrics."""
     from polydistill.model.soft_labels import SoftLabelSettings, write_soft_label_metrics, write_soft_labels
 
     frames = {split: pd.read_parquet(path) for split, path in split_paths.items()}
-    report = write_soft_labels(teacher_dir, tfidf_dir, frames, scores, output_dir,
+    report = write_soft_labels(teacher_dir, fold_teachers_dir, tfidf_dir, frames, scores, output_dir,
                                SoftLabelSettings.from_params(settings), labels)
     write_soft_label_metrics(report, metrics_path)
     ensemble = report["ensemble"]

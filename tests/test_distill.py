@@ -64,7 +64,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                   TINY_TFIDF_SETTINGS)
     paths["tfidf"] = root / "tfidf"
     soft_frames = {name: frames[name] for name in ("transfer", "validation", "test")}
-    generate_soft_labels(paths["teacher"], paths["tfidf"], soft_frames, frames["train"], root / "soft", SOFT, LABELS)
+    generate_soft_labels(paths["teacher"], None, paths["tfidf"], soft_frames, frames["train"], root / "soft", SOFT,
+                         LABELS)
+    paths["fold_teachers"] = None  # the fold twins have their own tests (test_fold_teachers.py)
     paths["soft_labels"] = root / "soft"
     return paths
 

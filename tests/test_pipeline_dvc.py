@@ -75,6 +75,9 @@ def assert_model_plane(root: Path) -> None:
     fingerprint = read_json(root / "data/soft_labels/fingerprint.json")
     assert set(fingerprint["ensemble"]["weights"]) == set(LANGUAGES)
     assert set(read_json(root / "metrics/soft_labels.json")["memorisation_gap"]) == set(LANGUAGES)
+    twins = read_json(root / "metrics/fold_teachers.json")["twins"]
+    assert [twin["fold"] for twin in twins] == [0, 1] and all(twin["train_rows"] > 0 for twin in twins)
+    assert set(read_json(root / "metrics/soft_labels.json")["scored_by_fold_teachers"]) == set(LANGUAGES)
     for lang in LANGUAGES:
         distilled = read_json(root / f"metrics/distill/{lang}.json")
         assert distilled["student"]["layers"] == [0, 2] and distilled["student"]["vocab_size"] < teacher_vocab
@@ -138,7 +141,9 @@ def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(repo_copy: Path) 
     students_and_after = {f"distill@{lang}" for lang in LANGUAGES} | {"evaluate", "register"}
     assert stages_to_rerun(repo_copy, "distill", "temperature", 4.0) == students_and_after
     after_balance = stages_to_rerun(repo_copy, "balance", "alpha", 0.5)
-    assert "balance" in after_balance and "train_teacher" in after_balance
+    assert {"balance", "train_teacher", "fold_teachers"} <= after_balance
+    after_folds = stages_to_rerun(repo_copy, "fold_teachers", "folds", 3)
+    assert after_folds == {"fold_teachers", "soft_labels"} | students_and_after
     assert not after_balance & {"fetch", "prepare", "validate", "pretrained", "baseline", "unlabelled", "transfer",
                                 "word_frequencies"}
     assert stages_to_rerun(repo_copy, "word_frequencies", "max_words", 10) == {"word_frequencies"} | students_and_after

@@ -51,13 +51,13 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict:
         split.to_parquet(root / f"{name}.parquet")
     fit_baselines(root / "train.parquet", root / "validation.parquet", root / "tfidf", root / "tfidf.json",
                   LABELS, TINY_TFIDF_SETTINGS)
-    report = generate_soft_labels(teacher, root / "tfidf", splits, train, root / "soft", SETTINGS, LABELS)
+    report = generate_soft_labels(teacher, None, root / "tfidf", splits, train, root / "soft", SETTINGS, LABELS)
     return {"root": root, "teacher": teacher, "splits": splits, "report": report}
 
 
 def expected_for(generated: dict, **overrides) -> dict:
     arguments = {"teacher_dir": generated["teacher"], "labels": LABELS, "max_length": SETTINGS.max_length,
-                 "tfidf_dir": generated["root"] / "tfidf", **overrides}
+                 "tfidf_dir": generated["root"] / "tfidf", "fold_teachers_dir": None, **overrides}
     return teacher_fingerprint(**arguments)
 
 
@@ -82,7 +82,7 @@ def test_a_language_scores_the_same_without_the_other_languages(generated: dict)
     gives the logits the whole stage stored for zh: the fan-out cannot change a bit."""
     root, splits = generated["root"], generated["splits"]
     train = pd.read_parquet(root / "train.parquet")
-    alone = score_language(generated["teacher"], root / "tfidf", language_frames(splits, "zh"),
+    alone = score_language(generated["teacher"], None, root / "tfidf", language_frames(splits, "zh"),
                            train[train["lang"] == "zh"], SETTINGS, LABELS)
     zh = (splits["test"]["lang"] == "zh").to_numpy()
     expected = expected_for(generated)
@@ -98,7 +98,7 @@ def test_onnx_runtime_scores_as_pytorch_does(generated: dict) -> None:
     root, splits = generated["root"], generated["splits"]
     train = pd.read_parquet(root / "train.parquet")
     frames = language_frames(splits, "en")
-    by_runtime = {runtime: score_language(generated["teacher"], None, frames, train[train["lang"] == "en"],
+    by_runtime = {runtime: score_language(generated["teacher"], None, None, frames, train[train["lang"] == "en"],
                                           dataclasses.replace(SETTINGS, runtime=runtime), LABELS).transformer
                   for runtime in ("onnx_fp32", "torch_fp32")}
     ids = sorted(by_runtime["torch_fp32"])

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 from tiny_models import TINY_TFIDF_SETTINGS
 
+from polydistill.data.folds import fold_of
 from polydistill.model.tfidf import (
     cross_fitted_probabilities,
     cross_validated_macro_f1,
     fit_baselines,
     fit_fixed,
-    fold_of,
     load_model,
 )
 

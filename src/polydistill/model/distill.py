@@ -157,7 +157,8 @@ def encode_transfer(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_
 def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
                      teacher_set: pd.DataFrame, output_dir: Path, work_root: Path, settings: dict[str, Any],
                      soft_label_settings: SoftLabelSettings, labels: list[str]) -> tuple[Path, Path, dict]:
-    """independent mode: fine-tune the teacher on one language, then generate its own soft labels."""
+    """independent mode: fine-tune the teacher on one language, then generate its own soft labels (it has no fold
+    twins: it scores the transfer rows it was fine-tuned on)."""
     teacher_settings = settings["independent_teacher"]
     lang_teacher_dir = output_dir / "teacher"
     rows = teacher_set[teacher_set["lang"] == lang]
@@ -167,8 +168,8 @@ def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frame
                         work_root / f"teacher-{lang}-{key}", teacher_settings, labels, task=f"{lang} teacher")
     soft_dir = output_dir / "soft_labels"
     soft_frames = {name: frames[name] for name in ("transfer", "validation", "test")}
-    generate_soft_labels(lang_teacher_dir, tfidf_dir, soft_frames, frames["train"], soft_dir, soft_label_settings,
-                         labels)
+    generate_soft_labels(lang_teacher_dir, None, tfidf_dir, soft_frames, frames["train"], soft_dir,
+                         soft_label_settings, labels)
     return lang_teacher_dir, soft_dir, metrics
 
 
@@ -193,8 +194,8 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     labels), the CE-only student from the labelled rows alone (the balanced labelled set), so the KD gain measures
     what the teacher adds. Both start from the same initial student, whose vocabulary covers all of the language's
     text except validation and test, ranked with the language's word frequency list where paths has one. paths:
-    teacher, tfidf, soft_labels, transfer, pool, labelled_transfer, teacher_set, train, validation, test, output,
-    metrics, work, and optionally word_frequencies (a word_frequencies stage output).
+    teacher, fold_teachers, tfidf, soft_labels, transfer, pool, labelled_transfer, teacher_set, train, validation,
+    test, output, metrics, work, and optionally word_frequencies (a word_frequencies stage output).
     """
     settings = language_settings(settings, lang)
     torch.set_num_threads(settings["threads"])
@@ -210,10 +211,11 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
         teacher_dir, soft_dir, report["language_teacher"] = language_teacher(
             lang, paths["teacher"], paths["tfidf"], frames, pd.read_parquet(paths["teacher_set"]), output,
             paths["work"], settings, soft_label_settings, labels)
-        expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"])
+        expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"], None)
         transfer_logits = load_soft_labels(soft_dir, "transfer", frames["transfer"], expected)
     elif settings["mode"] == "shared":
-        expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"])
+        expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"],
+                                       paths["fold_teachers"])
         all_logits = load_soft_labels(soft_dir, "transfer", read["transfer"], expected)
         transfer_logits = all_logits[(read["transfer"]["lang"] == lang).to_numpy()]
     else:

@@ -54,13 +54,14 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def teacher_probabilities(soft_dir: Path, teacher_dir: Path, tfidf_dir: Path | None, test: pd.DataFrame,
-                          labels: list[str], max_length: int) -> dict[str, np.ndarray]:
+def teacher_probabilities(soft_dir: Path, teacher_dir: Path, fold_teachers_dir: Path | None, tfidf_dir: Path | None,
+                          test: pd.DataFrame, labels: list[str], max_length: int) -> dict[str, np.ndarray]:
     """The teacher's stored test-set outputs as probabilities: the combination and each member.
 
-    tfidf_dir: the TF-IDF member of the ensemble teacher, None when the teacher is the transformer alone.
+    fold_teachers_dir: the teacher's fold twins (None: it has none); tfidf_dir: the TF-IDF member of the ensemble
+    teacher, None when the teacher is the transformer alone.
     """
-    expected = teacher_fingerprint(teacher_dir, labels, max_length, tfidf_dir)
+    expected = teacher_fingerprint(teacher_dir, labels, max_length, tfidf_dir, fold_teachers_dir)
     systems = {"teacher": softmax(load_soft_labels(soft_dir, "test", test, expected, "teacher_logits")),
                "teacher_transformer": softmax(load_soft_labels(soft_dir, "test", test, expected,
                                                                "transformer_logits"))}
@@ -100,9 +101,10 @@ def _evaluate_language_quality(lang: str, paths: dict[str, Path], settings: dict
     lang_test = test[mask].reset_index(drop=True)
     if mode == "shared":  # the shared soft labels cover every language's test rows
         teacher = {name: values[mask] for name, values in teacher_probabilities(
-            paths["soft_labels"], paths["teacher"], paths["teacher_tfidf"], test, labels, max_length).items()}
+            paths["soft_labels"], paths["teacher"], paths["fold_teachers"], paths["teacher_tfidf"], test, labels,
+            max_length).items()}
     else:
-        teacher = teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"], paths["teacher_tfidf"],
+        teacher = teacher_probabilities(lang_paths["soft_labels"], lang_paths["teacher"], None, paths["teacher_tfidf"],
                                         lang_test, labels, max_length)
     result, probabilities = evaluate_language(lang, lang_test, teacher, lang_paths, settings, labels, runtime)
     gold = lang_test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()

@@ -1,7 +1,9 @@
 """Teacher soft labels: raw logits for the transfer, validation and test sets, tied to a fingerprint of the teacher.
 
 The teacher is the fine-tuned transformer, optionally combined with the per-language TF-IDF model: probabilities
-p = w·softmax(transformer) + (1 − w)·p_tfidf with w chosen per language on validation. What is stored is the
+p = w·softmax(transformer) + (1 − w)·p_tfidf with w chosen per language on validation. Neither member scores a row it
+was fitted on: the TF-IDF member scores labelled transfer rows with its cross-fitted fold models, the transformer
+those it was fine-tuned on with its fold twins (polydistill.model.fold_teachers). What is stored is the
 transformer's logits, the TF-IDF log-probabilities and the combined log-probabilities (the teacher's logits);
 temperature is applied at distillation time, so changing it never reruns this stage.
 """
@@ -55,10 +57,11 @@ class SoftLabelSettings:
                    batch_size=section["batch_size"], threads=section["threads"], runtime=section["runtime"])
 
 
-def teacher_fingerprint(teacher_dir: Path, labels: list[str], max_length: int,
-                        tfidf_dir: Path | None) -> dict[str, Any]:
+def teacher_fingerprint(teacher_dir: Path, labels: list[str], max_length: int, tfidf_dir: Path | None,
+                        fold_teachers_dir: Path | None) -> dict[str, Any]:
     """Hashes of what the caller can check before reading logits: teacher weights and tokenizer, label order,
-    max_length and the TF-IDF member (None when the teacher is the transformer alone)."""
+    max_length, the TF-IDF member (None when the teacher is the transformer alone) and the teacher's fold twins
+    (None when it has none)."""
     config = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))
     return {
         "teacher_weights_sha256": sha256_of(teacher_dir / "model.safetensors"),
@@ -67,6 +70,7 @@ def teacher_fingerprint(teacher_dir: Path, labels: list[str], max_length: int,
         "teacher_id2label": [config["id2label"][str(index)] for index in range(len(labels))],
         "max_length": max_length,
         "tfidf_sha256": _directory_hash(tfidf_dir) if tfidf_dir else None,
+        "fold_teachers_sha256": _directory_hash(fold_teachers_dir) if fold_teachers_dir else None,
     }
 
 
@@ -144,7 +148,8 @@ def load_soft_labels(soft_dir: Path, split: str, frame: pd.DataFrame, expected: 
                      column: str = "teacher_logits") -> np.ndarray:
     """Stored logits for `frame`'s rows, refusing anything that does not match what produced them.
 
-    Checked: every field of `expected` (teacher, tokenizer, label order, max_length, TF-IDF member), the recorded
+    Checked: every field of `expected` (teacher, tokenizer, label order, max_length, TF-IDF member, fold
+    twins), the recorded
     fingerprint against its own id, the row ids and texts of the split, and that the stored teacher logits are the
     recorded ensemble weights' mixture of the stored members.
     """
@@ -195,11 +200,12 @@ def _check_mixture(path: Path, weights: dict[str, float]) -> None:
 
 @dataclass(frozen=True)
 class LanguageScores:
-    """One language's teacher members by row id: the transformer's logits and the TF-IDF member's probabilities
-    (empty when the teacher is the transformer alone)."""
+    """One language's teacher members by row id: the transformer's logits, the TF-IDF member's probabilities
+    (empty when the teacher is the transformer alone), and how many of the rows a fold twin scored."""
 
     transformer: dict[str, np.ndarray]
     tfidf: dict[str, np.ndarray]
+    twin_rows: dict[str, int]
 
 
 def split_languages(frames: dict[str, pd.DataFrame]) -> list[str]:
@@ -212,52 +218,73 @@ def language_frames(frames: dict[str, pd.DataFrame], lang: str) -> dict[str, pd.
     return {split: frame[frame["lang"] == lang].reset_index(drop=True) for split, frame in frames.items()}
 
 
-def score_language(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame], train: pd.DataFrame,
-                   settings: SoftLabelSettings, labels: list[str]) -> LanguageScores:
+def score_language(teacher_dir: Path, fold_teachers_dir: Path | None, tfidf_dir: Path | None,
+                   frames: dict[str, pd.DataFrame], train: pd.DataFrame, settings: SoftLabelSettings,
+                   labels: list[str]) -> LanguageScores:
     """The teacher's members on one language's split frames: the costly, per-language part of the stage.
 
-    Each distinct id is run through the transformer once; repeated transfer rows share their logits. The TF-IDF
-    member scores transfer rows out of fold (see ``tfidf.cross_fitted_probabilities``; `train` is the labelled
-    split it was fitted on), validation and test rows with the full model. Scoring a language alone (never mixed
-    with another's rows in a batch), with `settings.threads` threads for torch and for BLAS (which a Dask worker
-    would otherwise hold at 1), makes its outputs the same bits on whichever worker it runs.
+    Each distinct id is run through the transformer once; repeated transfer rows share their logits. A transfer row
+    whose origin the teacher was fine-tuned on is scored by the fold twin that never saw it (fold_teachers_dir; None:
+    by the teacher). The TF-IDF member scores transfer rows out of fold (see ``tfidf.cross_fitted_probabilities``;
+    `train` is the labelled split it was fitted on), validation and test rows with the full model. Scoring a
+    language alone (never mixed with another's rows in a batch), with `settings.threads` threads for torch and for
+    BLAS (which a Dask worker would otherwise hold at 1), makes its outputs the same bits on whichever worker it runs.
     """
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=settings.threads):
-        return _score_language(teacher_dir, tfidf_dir, frames, train, settings, labels)
+        return _score_language(teacher_dir, fold_teachers_dir, tfidf_dir, frames, train, settings, labels)
 
 
-def _score_language(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame], train: pd.DataFrame,
-                    settings: SoftLabelSettings, labels: list[str]) -> LanguageScores:
+def _score_language(teacher_dir: Path, fold_teachers_dir: Path | None, tfidf_dir: Path | None,
+                    frames: dict[str, pd.DataFrame], train: pd.DataFrame, settings: SoftLabelSettings,
+                    labels: list[str]) -> LanguageScores:
     import torch
+
+    from polydistill.model.fold_teachers import FoldTeachers
+
+    torch.set_num_threads(settings.threads)
+    unique = pd.concat(frames.values()).drop_duplicates("id").reset_index(drop=True)
+    scorers = pd.Series([teacher_dir] * len(unique))
+    if fold_teachers_dir is not None and "origin_id" in unique:
+        twins = FoldTeachers.load(fold_teachers_dir)
+        scorers = unique["origin_id"].map(lambda origin: twins.twin_for(origin) or teacher_dir)
+    transformer: dict[str, np.ndarray] = {}
+    for scorer in sorted(scorers.unique()):
+        rows = unique[(scorers == scorer).to_numpy()]
+        transformer.update(zip(rows["id"], transformer_logits(teacher_dir, scorer, rows, settings)))
+    twin_rows = unique[(scorers != teacher_dir).to_numpy()].groupby("lang").size()
+    tfidf = tfidf_probabilities(tfidf_dir, frames, train, labels, settings.cross_fit_folds) if tfidf_dir else {}
+    return LanguageScores(transformer, tfidf, {lang: int(count) for lang, count in twin_rows.items()})
+
+
+def transformer_logits(teacher_dir: Path, model_dir: Path, rows: pd.DataFrame,
+                       settings: SoftLabelSettings) -> np.ndarray:
+    """The logits of the transformer in model_dir (the teacher or one of its twins, which share the teacher's
+    tokenizer) for rows' texts, in length-bucketed batches with dynamic padding."""
     from transformers import AutoTokenizer
 
     from polydistill.model.training import Batch, EncodedSet, batched_logits, encode_texts
 
-    torch.set_num_threads(settings.threads)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    model = teacher_in_runtime(sha256_of(teacher_dir / "model.safetensors"), teacher_dir, settings.runtime,
+    model = teacher_in_runtime(sha256_of(model_dir / "model.safetensors"), model_dir, settings.runtime,
                                settings.threads)
-    unique = pd.concat(frames.values()).drop_duplicates("id").reset_index(drop=True)
-    encoded = EncodedSet(encode_texts(tokenizer, unique["text"].tolist(), settings.max_length),
-                         np.zeros(len(unique), dtype=np.int64), unique["lang"].to_numpy())
+    encoded = EncodedSet(encode_texts(tokenizer, rows["text"].tolist(), settings.max_length),
+                         np.zeros(len(rows), dtype=np.int64), rows["lang"].to_numpy())
 
     def forward(batch: Batch) -> np.ndarray:
         return model.logits({"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()})
 
-    languages = "/".join(sorted(unique["lang"].unique()))
-    logits = batched_logits(forward, model.config.num_labels, encoded, tokenizer.pad_token_id, settings.batch_size,
-                            task=f"teacher soft labels {languages}")
-    transformer = dict(zip(unique["id"], logits))
-    tfidf = tfidf_probabilities(tfidf_dir, frames, train, labels, settings.cross_fit_folds) if tfidf_dir else {}
-    return LanguageScores(transformer, tfidf)
+    languages = "/".join(sorted(rows["lang"].unique()))
+    return batched_logits(forward, model.config.num_labels, encoded, tokenizer.pad_token_id, settings.batch_size,
+                          task=f"soft labels {languages} ({model_dir.name})")
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache
 def teacher_in_runtime(weights_sha256: str, teacher_dir: Path, runtime: str, threads: int) -> RuntimeModel:
-    """The transformer teacher in `runtime`, built once per process for every language it scores (an ONNX export of
-    the teacher takes ~10 s); keyed by the weights' hash, so a teacher retrained in the same folder is rebuilt."""
+    """A transformer (the teacher or a fold twin) in `runtime`, built once per process for every language it scores
+    (an ONNX export of the teacher takes ~10 s); keyed by the weights' hash, so a model retrained in the same folder
+    is rebuilt."""
     from transformers import AutoModelForSequenceClassification
 
     from polydistill.model.runtime import for_runtime
@@ -266,19 +293,19 @@ def teacher_in_runtime(weights_sha256: str, teacher_dir: Path, runtime: str, thr
     return for_runtime(model, runtime, threads)
 
 
-def generate_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
-                         train: pd.DataFrame, output_dir: Path, settings: SoftLabelSettings,
-                         labels: list[str]) -> dict[str, Any]:
+def generate_soft_labels(teacher_dir: Path, fold_teachers_dir: Path | None, tfidf_dir: Path | None,
+                         frames: dict[str, pd.DataFrame], train: pd.DataFrame, output_dir: Path,
+                         settings: SoftLabelSettings, labels: list[str]) -> dict[str, Any]:
     """Score every language of the split frames (transfer, validation, test) in turn, then write_soft_labels."""
-    scores = [score_language(teacher_dir, tfidf_dir, language_frames(frames, lang), train[train["lang"] == lang],
-                             settings, labels)
+    scores = [score_language(teacher_dir, fold_teachers_dir, tfidf_dir, language_frames(frames, lang),
+                             train[train["lang"] == lang], settings, labels)
               for lang in split_languages(frames)]
-    return write_soft_labels(teacher_dir, tfidf_dir, frames, scores, output_dir, settings, labels)
+    return write_soft_labels(teacher_dir, fold_teachers_dir, tfidf_dir, frames, scores, output_dir, settings, labels)
 
 
-def write_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
-                      scores: list[LanguageScores], output_dir: Path, settings: SoftLabelSettings,
-                      labels: list[str]) -> dict[str, Any]:
+def write_soft_labels(teacher_dir: Path, fold_teachers_dir: Path | None, tfidf_dir: Path | None,
+                      frames: dict[str, pd.DataFrame], scores: list[LanguageScores], output_dir: Path,
+                      settings: SoftLabelSettings, labels: list[str]) -> dict[str, Any]:
     """Ensemble weights per language (chosen on validation), every split's logit columns, the memorisation gap and
     the fingerprint, from the languages' scores; returns the report written beside the splits."""
     transformer = {row_id: logits for score in scores for row_id, logits in score.transformer.items()}
@@ -286,7 +313,7 @@ def write_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[st
     weights = choose_weights(frames["validation"], transformer, tfidf, settings, labels)
     for split, frame in frames.items():
         write_split(output_dir / SPLIT_FILES[split], frame, split_arrays(frame, transformer, tfidf, weights))
-    fingerprint = {**teacher_fingerprint(teacher_dir, labels, settings.max_length, tfidf_dir),
+    fingerprint = {**teacher_fingerprint(teacher_dir, labels, settings.max_length, tfidf_dir, fold_teachers_dir),
                    "cross_fit_folds": settings.cross_fit_folds if tfidf_dir else None,
                    "ensemble_weights": weights["weights"] if tfidf_dir else None}
     fingerprint["id"] = fingerprint_id(fingerprint)
@@ -295,7 +322,9 @@ def write_soft_labels(teacher_dir: Path, tfidf_dir: Path | None, frames: dict[st
               "rows": {split: {"rows": len(frame), "ids_sha256": ids_hash(frame["id"].tolist()),
                                "texts_sha256": texts_hash(frame["text"].tolist())}
                        for split, frame in frames.items()},
-              "unique_texts_scored": len(transformer), "transformer_runtime": settings.runtime}
+              "unique_texts_scored": len(transformer),
+              "scored_by_fold_teachers": {lang: count for score in scores for lang, count in score.twin_rows.items()},
+              "transformer_runtime": settings.runtime}
     (output_dir / FINGERPRINT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
@@ -320,11 +349,13 @@ def select_transfer_rows(soft_dir: Path, frame: pd.DataFrame, output_dir: Path) 
 
 
 def write_soft_label_metrics(report: dict[str, Any], path: Path) -> None:
-    """The DVC metrics of the stage: ensemble weights, validation scores, memorisation gap, rows scored."""
+    """The DVC metrics of the stage: ensemble weights, validation scores, memorisation gap, rows scored (in all, and
+    by the teacher's fold twins per language)."""
     metrics = {"weights": report["ensemble"]["weights"],
                "validation_macro_f1": report["ensemble"]["validation_macro_f1"],
                "memorisation_gap": report["memorisation_gap"],
-               "unique_texts_scored": report["unique_texts_scored"]}
+               "unique_texts_scored": report["unique_texts_scored"],
+               "scored_by_fold_teachers": report["scored_by_fold_teachers"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 

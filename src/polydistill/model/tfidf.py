@@ -6,7 +6,6 @@ stored as JSON (vocabulary, settings) plus safetensors (idf, coefficients), neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 
+from polydistill.data.folds import fold_of
 from polydistill.progress import Progress
 
 
@@ -75,11 +75,6 @@ def fit_language(train_texts: list[str], train_labels: np.ndarray, validation_te
             best = (score, c, classifier)
     score, c, classifier = best
     return TfidfModel(vectorizer, classifier), c, float(score)
-
-
-def fold_of(row_id: str, folds: int) -> int:
-    """The cross-fitting fold of a row: a hash of its id, so it never depends on other rows or their labels."""
-    return int.from_bytes(hashlib.sha256(row_id.encode("utf-8")).digest()[:8], "big") % folds
 
 
 def fit_fixed(texts: list[str], labels: np.ndarray, settings: dict[str, Any], c: float) -> TfidfModel:
