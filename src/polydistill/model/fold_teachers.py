@@ -65,13 +65,14 @@ def train_fold_teachers(pretrained_dir: Path, teacher_set_path: Path, validation
     if output_dir.exists():
         shutil.rmtree(output_dir)  # no twin of an earlier fold count stays behind
     teacher_set = pd.read_parquet(teacher_set_path)
+    validation = pd.read_parquet(validation_path)
     row_folds = teacher_set["id"].map(lambda row_id: fold_of(row_id, folds)) if folds else None
     twins = []
     for fold in range(folds):
         frame = teacher_set[(row_folds != fold).to_numpy()].reset_index(drop=True)
         key = run_key({**settings, "labels": labels, "fold": fold, "folds": folds},
                       [pretrained_dir, frame, validation_path], FOLD_TEACHER_CODE)
-        metrics = fine_tune(pretrained_dir, frame, pd.read_parquet(validation_path),
+        metrics = fine_tune(pretrained_dir, frame, validation,
                             fold_teacher_dir(output_dir, fold), work_root / f"fold-teacher-{key}", settings, labels,
                             task=f"fold teacher {fold + 1}/{folds}")
         twins.append({"fold": fold, **{name: metrics[name] for name in
