@@ -48,8 +48,9 @@ def render_result(result: dict[str, Any], markdown: bool = True) -> str:
         parts.append("\n".join(target_line(entry) for entry in result["targets"]) + "\n")
     if result.get("notes"):
         parts.append("\n".join(f"- {note}" for note in result["notes"]) + "\n")
+    machine = f" on {result['machine']['cpu_model']}" if result.get("machine") else ""
     footer = (f"Mode: {result.get('mode', '?')}; command `{result.get('command', '?')}`; finished "
-              f"{result.get('finished', '?')} after {result.get('seconds', 0):.0f} s.")
+              f"{result.get('finished', '?')}{machine} after {result.get('seconds', 0):.0f} s.")
     parts.append(f"\n_{footer}_\n" if markdown else footer + "\n")
     return "\n".join(parts)
 
@@ -66,7 +67,8 @@ def render_benchmarks(results: list[dict[str, Any]], machine: dict[str, Any], co
         "Every benchmark runs its contenders side by side in one process (interleaved, order rotated each repeat) "
         "and reports ratios as the median of the repeats with (min–max). Absolute times drift on shared machines; "
         "ratios are the figures to compare.\n",
-        f"- Machine: {machine['cpu_model']}, {machine['cores']} cores, torch threads {machine['torch_threads']}, "
+        f"- Machine of the last run (each section names its own): {machine['cpu_model']}, {machine['cores']} cores, "
+        f"torch threads {machine['torch_threads']}, "
         f"1-min load average at the start {machine['load_average_1m']}",
         f"- Software: Python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}",
         f"- Command: `{command}`\n",

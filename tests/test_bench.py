@@ -154,13 +154,15 @@ def result(name: str, value: float, threshold: float) -> dict:
     return {"name": name, "title": f"{name} title", "mode": "quick", "command": "python -m bench --quick",
             "seconds": 12.0, "finished": "2026-01-01 00:00 UTC",
             "tables": [{"title": "numbers", "columns": ["k", "v"], "rows": [["x", value]]}],
-            "targets": [target(f"{name} ratio", value, threshold, unit="x")], "notes": ["a note"]}
+            "targets": [target(f"{name} ratio", value, threshold, unit="x")], "notes": ["a note"],
+            "machine": {**MACHINE, "cpu_model": "Other CPU"}}
 
 
 def test_benchmarks_markdown_has_machine_command_targets_and_sections_in_order() -> None:
     text = render_benchmarks([result("speed", 8.0, 10.0), result("loop", 6.0, 5.0)], MACHINE,
                              "python -m bench --quick")
     assert "Test CPU, 2 cores, torch threads 2" in text and "`python -m bench --quick`" in text
+    assert "finished 2026-01-01 00:00 UTC on Other CPU after 12 s." in text  # each section names its machine
     assert "| loop title | loop ratio >= 5x | 6x | meets | +1x |" in text
     assert "| speed title | speed ratio >= 10x | 8x | **misses** | -2x |" in text
     assert text.index("## loop title") < text.index("## speed title")
