@@ -17,14 +17,13 @@ from typing import Any
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from bench.common import REPO_ROOT, load_project_params, require, target
+from bench.common import QUALITY_TARGETS, REPO_ROOT, load_project_params, require, target
 from polydistill.model.distill import distill_language
 from polydistill.model.runtime import probabilities_from_model
 from polydistill.model.soft_labels import SoftLabelSettings
 
 SIZES = {"quick": {"seeds": 2, "languages": ["es"], "epochs": 1}, "full": {"seeds": 3, "languages": None,
                                                                            "epochs": None}}
-TARGETS = {"kd_over_tfidf_mean": 0.02, "worst_retention": 0.97, "kd_over_ce_mean": 0.02, "segmentation": 0.90}
 
 
 def pipeline_paths(lang: str, output: Path) -> dict[str, Path]:
@@ -120,14 +119,14 @@ def summarise(scores: dict[str, dict[str, list[float]]], seeds: list[int], langu
             target(f"languages where the KD seed mean is below TF-IDF ({', '.join(below_tfidf) or 'none'})",
                    len(below_tfidf), 0, higher_is_better=False),
             target("KD seed mean − TF-IDF, mean over languages", mean_kd - mean_tfidf,
-                   TARGETS["kd_over_tfidf_mean"]),
+                   QUALITY_TARGETS["kd_over_tfidf_mean"]),
             target(f"retention of the seed mean, worst language ({worst})", retentions[worst],
-                   TARGETS["worst_retention"]),
+                   QUALITY_TARGETS["worst_retention"]),
             target("KD − CE-only, mean over languages of the per-seed mean", statistics.mean(gains.values()),
-                   TARGETS["kd_over_ce_mean"]),
+                   QUALITY_TARGETS["kd_over_ce_mean"]),
             target("KD − CE-only, worst language", min(gains.values()), 0.0),
             target("test texts segmented as the teacher does, worst language", min(segmentation.values()),
-                   TARGETS["segmentation"]),
+                   QUALITY_TARGETS["segmentation"]),
         ],
         "notes": [f"KD per-seed scores: {json.dumps({lang: scores[lang]['kd'] for lang in languages})}",
                   f"CE per-seed scores: {json.dumps({lang: scores[lang]['ce'] for lang in languages})}",

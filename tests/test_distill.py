@@ -14,6 +14,7 @@ from conftest import REPO_ROOT, fixture_texts
 from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from polydistill.data.text_key import comparison_key
 from polydistill.data.transfer import TransferSettings, compose_transfer
 from polydistill.model.distill import (
     distill_language,
@@ -38,6 +39,11 @@ def split(texts: list[str], langs: list[str], prefix: str) -> pd.DataFrame:
                          "label": [LABELS[i % 2] for i in range(len(texts))], "lang": langs, "source": "fixture"})
 
 
+def disguised(text: str) -> str:
+    """The text as another source might hold it: upper case, with punctuation (equal after normalisation)."""
+    return f"¡{text.upper()}!!"
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("distill")
@@ -46,8 +52,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frames = {"train": split(texts[:180], langs[:180], "train"),
               "validation": split(texts[180:240], langs[180:240], "val"),
               "test": split(texts[240:], langs[240:], "test")}
-    unlabelled = pd.DataFrame({"text": [f"{text} {text[::-1]}" for text in texts[:40]], "lang": langs[:40],
-                               "source": "fixture-unlabelled", "in_domain": False})
+    unlabelled = pd.DataFrame({"text": [f"{text} {text[::-1]}" for text in texts[:40]] + [disguised(texts[0])],
+                               "lang": langs[:40] + [langs[0]], "source": "fixture-unlabelled", "in_domain": False})
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["transfer"]
     settings = TransferSettings.from_params({**params, "size": 240})
     held_out = pd.concat([frames["validation"], frames["test"]])
@@ -145,8 +151,14 @@ def test_a_student_with_every_teacher_layer_starts_at_zero_hidden_loss(workspace
 
 def test_the_ce_student_never_sees_unlabelled_rows(workspace: dict[str, Path]) -> None:
     labelled = pd.read_parquet(workspace["labelled_transfer"])
-    train_ids = set(pd.read_parquet(workspace["train"])["id"])
-    assert set(labelled["id"]) <= train_ids and labelled["label"].notna().all()
+    train = pd.read_parquet(workspace["train"])
+    assert set(labelled["id"]) <= set(train["id"]) and labelled["label"].notna().all()
+    transfer = pd.read_parquet(workspace["transfer"])
+    extra_keys = set(transfer.loc[transfer["source"] != "labelled", "text"].map(comparison_key))
+    assert extra_keys, "the fixture's KD transfer set holds unlabelled and augmented rows"
+    assert not labelled["text"].map(comparison_key).isin(extra_keys).any()
+    # an unlabelled text equal to a train text after normalisation (another id) is dropped from the pool
+    assert disguised(train["text"].iloc[0]) not in set(pd.read_parquet(workspace["pool"])["text"])
 
 
 def test_independent_mode_fine_tunes_a_language_teacher_first(workspace: dict[str, Path], tmp_path: Path) -> None:
