@@ -18,10 +18,11 @@ MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quali
            "reruns": "bench.reruns", "ablations": "bench.ablations", "seeds": "bench.seeds",
            "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive", "scaling": "bench.scaling",
            "class_weights": "bench.class_weights", "vocabulary": "bench.vocabulary", "hidden": "bench.hidden",
-           "kd_weight": "bench.kd_weight", "steps": "bench.steps", "selection": "bench.selection"}
+           "kd_weight": "bench.kd_weight", "steps": "bench.steps", "selection": "bench.selection",
+           "attention": "bench.attention"}
 # benchmarks that take --languages
 PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive", "class_weights", "vocabulary", "hidden",
-                "selection")
+                "selection", "attention")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

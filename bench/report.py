@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 ORDER = ("loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds", "transfer_sources", "adaptive",
-         "scaling", "class_weights", "vocabulary", "hidden", "kd_weight", "steps", "selection")
+         "scaling", "class_weights", "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention")
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:

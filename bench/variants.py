@@ -1,4 +1,4 @@
-"""Benchmarks 11-13: student settings compared over seeds, the default chosen on validation.
+"""Benchmarks 11-15 and 17: student settings compared over seeds, the default chosen on validation.
 
 Each variant overrides some of params.yaml's distill settings. For each language, variant and seed the default
 students are distilled (both the KD and the CE-only student) and scored as served on validation and test. The choice
@@ -10,7 +10,9 @@ reported beside it and never read by the choice.
   language whose classes are clearly skewed.
 - vocabulary (benchmark 12): the students' vocabulary ranked with and without the word frequency list
   (distill.student.vocabulary.word_prior_tokens), on the languages whose vocabulary the list changes (es, id, sl).
-- hidden (benchmark 13): distill.hidden_loss_weight 0 / 1 for the narrow students, on every language.
+- hidden (benchmark 13): distill.hidden_loss_weight 0 / 0.1 / 1 for the narrow students, on every language.
+- kd_weight (14) and steps (15): zh's KD weight alpha; a cap on en's and zh's steps.
+- attention (benchmark 17): distill.attention_loss_weight 0 / 1 for the narrow students, on every language.
 """
 
 from __future__ import annotations

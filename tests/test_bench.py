@@ -179,7 +179,7 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
-                                           "vocabulary", "hidden", "kd_weight", "steps", "selection"]
+                                           "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 

@@ -128,25 +128,45 @@ def test_class_weights_reach_both_students_and_leave_unlabelled_rows_at_one(work
         assert reweighted[variant]["history"][0]["train_total"] != plain[variant]["history"][0]["train_total"]
 
 
-def test_a_student_with_every_teacher_layer_starts_at_zero_hidden_loss(workspace: dict[str, Path],
-                                                                       tmp_path: Path) -> None:
-    """Copied layers and a token map back to teacher ids: the student's hidden states are the teacher's, so the
-    hidden-state term is 0 before any step (and would not be with a wrong token map or layer pairing)."""
+def test_a_student_with_every_teacher_layer_starts_at_zero_hidden_and_attention_loss(workspace: dict[str, Path],
+                                                                                     tmp_path: Path) -> None:
+    """Copied layers and a token map back to teacher ids: the student's hidden states and attention maps are the
+    teacher's, so both terms are 0 before any step (and would not be with a wrong token map or layer pairing)."""
     train = pd.read_parquet(workspace["train"])
     texts = train.loc[train["lang"] == "zh", "text"].tolist()
     teacher = AutoModelForSequenceClassification.from_pretrained(workspace["teacher"])
     every_layer = list(range(teacher.config.num_hidden_layers))
     info = build_student_from_teacher(workspace["teacher"], texts, every_layer, tmp_path / "student")
-    settings = {"alpha": 0.5, "temperature": 2.0, "hidden_loss_weight": 1.0}
+    settings = {"alpha": 0.5, "temperature": 2.0, "hidden_loss_weight": 1.0, "attention_loss_weight": 1.0}
     loss = distillation_loss_for("kd", settings, workspace["teacher"], tmp_path / "student", info)
-    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").eval()
+    assert loss.needs_attentions
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student",
+                                                                 attn_implementation="eager").eval()
     encoded = encode_frame(AutoTokenizer.from_pretrained(tmp_path / "student"), train[train["lang"] == "zh"][:8],
                            LABELS, 32)
     encoded.teacher_logits = np.zeros((len(encoded), len(LABELS)), dtype=np.float32)
     batch = collate(encoded, np.arange(len(encoded)), student.config.pad_token_id)
-    assert loss.projector is None and float(loss(student, batch)["hidden"]) == pytest.approx(0.0, abs=1e-10)
-    loss.teacher_ids = loss.teacher_ids.roll(1)  # a wrong token map: the term must see it
-    assert float(loss(student, batch)["hidden"]) > 1e-4
+    assert batch.attention_mask.min() == 0, "the batch must hold padding for the masks to matter"
+    parts = loss(student, batch)
+    assert loss.projector is None
+    assert float(parts["hidden"]) == pytest.approx(0.0, abs=1e-10)
+    matched_attention = float(parts["attention"])
+    assert matched_attention == pytest.approx(0.0, abs=1e-8)
+    loss.teacher_ids = loss.teacher_ids.roll(1)  # a wrong token map: both terms must see it
+    parts = loss(student, batch)
+    # the tiny teacher's attention is near uniform, so a wrong map moves it little, but far beyond rounding
+    assert float(parts["hidden"]) > 1e-4 and float(parts["attention"]) > 1000 * max(matched_attention, 1e-12)
+
+
+def test_a_run_with_the_attention_term_logs_it_for_the_kd_student_only(workspace: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """The narrow test student (half the teacher's layers, fewer heads) distils with the attention-map term; the
+    saved student does not keep the eager attention it trained in."""
+    report = run(workspace, tmp_path, "zh", distill_settings(mode="shared", attention_loss_weight=1.0))
+    assert all(entry["train_attention"] > 0 for entry in report["kd"]["history"])
+    assert "train_attention" not in report["ce"]["history"][0]
+    saved = json.loads((tmp_path / "students/zh/kd/config.json").read_text(encoding="utf-8"))
+    assert "eager" not in json.dumps(saved)
 
 
 def test_the_ce_student_never_sees_unlabelled_rows(workspace: dict[str, Path]) -> None:

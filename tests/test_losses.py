@@ -1,4 +1,4 @@
-"""Properties of the distillation and hidden-state losses."""
+"""Properties of the distillation, hidden-state and attention-map losses."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from polydistill.model.losses import (
     IGNORE_LABEL,
     HiddenProjector,
+    attention_map_loss,
     distillation_loss,
     hidden_state_loss,
+    kept_attention_map,
     kept_layer_map,
     uniform_layer_map,
 )
@@ -163,8 +165,64 @@ def test_projector_maps_student_width_to_teacher_width_and_learns():
     assert student[1].grad is not None
 
 
+def attention_maps(seed: int, mask: torch.Tensor, layers: int = 2, heads: int = 2) -> list[torch.Tensor]:
+    """Random attention probabilities (batch, heads, query, key) with no weight on padded keys, as a model gives."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, length = mask.shape
+    scores = torch.randn(layers, batch, heads, length, length, generator=generator, dtype=torch.float64) * 3
+    scores = scores.masked_fill(mask[None, :, None, None, :] == 0, torch.finfo(torch.float64).min)
+    return list(scores.softmax(dim=-1))
+
+
+PADDED_MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds)
+def test_attention_loss_is_zero_when_head_averages_agree_and_positive_otherwise(seed):
+    teacher = attention_maps(seed, PADDED_MASK, heads=4)
+    # a student with 2 heads, each the mean of two teacher heads: the same head-averaged map
+    student = [torch.stack([layer[:, :2].mean(dim=1), layer[:, 2:].mean(dim=1)], dim=1) for layer in teacher]
+    pairs = [(0, 0), (1, 1)]
+    assert attention_map_loss(student, teacher, pairs, PADDED_MASK).item() == pytest.approx(0.0, abs=1e-12)
+    other = attention_maps(seed + 1, PADDED_MASK)
+    assert attention_map_loss(other, teacher, pairs, PADDED_MASK).item() > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds)
+def test_attention_loss_is_the_mean_kl_over_real_queries_and_ignores_padded_ones(seed):
+    student, teacher = attention_maps(seed, PADDED_MASK), attention_maps(seed + 1, PADDED_MASK, layers=3)
+    pairs = [(0, 2), (1, 0)]
+    loss = attention_map_loss(student, teacher, pairs, PADDED_MASK)
+    real = PADDED_MASK.bool()
+    expected = 0.0
+    for s, t in pairs:
+        p, q = teacher[t].mean(dim=1)[real], student[s].mean(dim=1)[real]  # (real queries, keys)
+        terms = torch.where(p > 0, p * (p.log() - q.clamp_min(1e-12).log()), torch.zeros_like(p))
+        expected += terms.sum(dim=-1).mean().item() / len(pairs)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    changed = [layer.clone() for layer in student]
+    for layer in changed:
+        layer[PADDED_MASK[:, None, :, None].expand_as(layer) == 0] = 0.5  # padded query rows: anything
+    assert attention_map_loss(changed, teacher, pairs, PADDED_MASK).item() == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_attention_loss_trains_the_student_maps_and_refuses_other_lengths():
+    student = [layer.clone().requires_grad_(True) for layer in attention_maps(0, PADDED_MASK)]
+    teacher = attention_maps(1, PADDED_MASK)
+    attention_map_loss(student, teacher, [(0, 0), (1, 1)], PADDED_MASK).backward()
+    assert all(layer.grad is not None and layer.grad.abs().sum() > 0 for layer in student)
+    longer = attention_maps(2, torch.ones(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="differ in shape"):
+        attention_map_loss(longer, teacher, [(0, 0)], PADDED_MASK)
+    with pytest.raises(ValueError, match="empty"):
+        attention_map_loss(student, teacher, [], PADDED_MASK)
+
+
 def test_layer_maps():
     assert kept_layer_map([0, 4, 8, 11]) == [(0, 0), (1, 1), (2, 5), (3, 9), (4, 12)]
+    assert kept_attention_map([0, 4, 8, 11]) == [(0, 0), (1, 4), (2, 8), (3, 11)]
     assert uniform_layer_map(4, 12) == [(0, 0), (1, 3), (2, 6), (3, 9), (4, 12)]
     assert uniform_layer_map(12, 12) == [(i, i) for i in range(13)]
     with pytest.raises(ValueError):

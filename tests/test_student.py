@@ -513,6 +513,31 @@ def test_the_hidden_state_projector_of_a_narrow_student_receives_gradients(teach
                              for parameter in projector)
 
 
+def test_the_attention_term_alone_trains_every_kept_layer_of_a_narrow_student(teacher_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    """Narrow student with fewer heads than the teacher: head-averaged maps compare, and the attention-map term's
+    gradient reaches the query and key weights of every layer."""
+    from polydistill.model.distill import KnowledgeDistillationLoss
+    from polydistill.model.training import Batch
+
+    info = build_narrow_student(teacher_dir, CORPUS["zh"], [0, 3], NARROW, tmp_path / "narrow")
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+    kept = json.loads((info.path / TEACHER_TOKEN_IDS_FILE).read_text(encoding="utf-8"))
+    loss = KnowledgeDistillationLoss(0.5, 2.0, 0.0, teacher, kept, list(info.layers), info.hidden_size,
+                                     attention_weight=1.0)
+    student = AutoModelForSequenceClassification.from_pretrained(info.path, attn_implementation="eager")
+    assert student.config.num_attention_heads < teacher.config.num_attention_heads
+    encoded = AutoTokenizer.from_pretrained(info.path)(CORPUS["zh"][:6], padding=True, return_tensors="pt")
+    batch = Batch(encoded["input_ids"], encoded["attention_mask"], torch.tensor([0, 1, 2, 0, 1, 2]),
+                  torch.randn(6, 3, generator=torch.Generator().manual_seed(1)))
+    parts = loss(student, batch)
+    assert "hidden" not in parts and parts["attention"].item() > 0
+    parts["attention"].backward()
+    for layer in student.bert.encoder.layer:
+        for projection in (layer.attention.self.query, layer.attention.self.key):
+            assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+
+
 def fit_to_languages(folder: Path, steps: int = 30) -> Path:
     """Train the folder's classifier (in place) to tell en, es and zh apart: a model that predicts every class."""
     tokenizer = AutoTokenizer.from_pretrained(folder)

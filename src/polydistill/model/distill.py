@@ -22,8 +22,10 @@ from polydistill.data.word_frequencies import read_word_frequencies
 from polydistill.model.losses import (
     IGNORE_LABEL,
     HiddenProjector,
+    attention_map_loss,
     distillation_loss,
     hidden_state_loss,
+    kept_attention_map,
     kept_layer_map,
 )
 from polydistill.model.narrow import NarrowSettings, build_narrow_student
@@ -48,7 +50,8 @@ from polydistill.model.training import (
 )
 
 VARIANTS = ("kd", "ce")
-KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight")  # what the CE-only student does not read
+# what the CE-only student does not read
+KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight", "attention_loss_weight")
 PER_LANGUAGE_SETTINGS = ("alpha", "temperature")  # what distill.per_language may set for one language
 STUDENT_CODE = tuple(Path(__file__).with_name(f"{module}.py")  # the source a student run key covers
                      for module in ("distill", "distributed", "losses", "narrow", "student", "teacher",
@@ -74,42 +77,62 @@ def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student
 
 
 class KnowledgeDistillationLoss:
-    """alpha·T²·KL + (1 − alpha)·CE on the stored teacher logits, plus an optional hidden-state term.
+    """alpha·T²·KL + (1 − alpha)·CE on the stored teacher logits, plus optional hidden-state and attention-map terms.
 
-    The hidden-state term runs the teacher on the same tokens (student ids mapped back to teacher ids).
+    Those terms run the teacher on the same tokens (student ids mapped back to teacher ids); the attention-map term
+    needs both models in eager attention (see needs_attentions).
     """
 
     def __init__(self, alpha: float, temperature: float, hidden_weight: float = 0.0,
                  teacher: torch.nn.Module | None = None, teacher_ids: list[int] | None = None,
-                 layers: list[int] | None = None, student_width: int = 0) -> None:
-        self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
+                 layers: list[int] | None = None, student_width: int = 0, attention_weight: float = 0.0) -> None:
+        self.alpha, self.temperature = alpha, temperature
+        self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
         self.teacher = teacher
-        if hidden_weight > 0:
+        if self.runs_teacher:
             self.teacher_ids = torch.tensor(teacher_ids, dtype=torch.long)
+        if hidden_weight > 0:
             self.layer_map = kept_layer_map(layers)
             teacher_width = teacher.config.hidden_size
             self.projector = (HiddenProjector(len(self.layer_map), student_width, teacher_width)
                               if student_width != teacher_width else None)
+        if attention_weight > 0:
+            self.attention_map = kept_attention_map(layers)
+
+    @property
+    def runs_teacher(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
+    @property
+    def needs_attentions(self) -> bool:
+        """Whether the student must run in eager attention (SDPA returns no attention probabilities)."""
+        return self.attention_weight > 0
 
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimizer must train besides the student's (the projections)."""
         return list(self.projector.parameters()) if self.hidden_weight > 0 and self.projector else []
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        outputs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        output_hidden_states=self.hidden_weight > 0)
+        wanted = {"output_hidden_states": self.hidden_weight > 0, "output_attentions": self.attention_weight > 0}
+        outputs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **wanted)
         parts = distillation_loss(outputs.logits, batch.teacher_logits, batch.labels, self.alpha, self.temperature,
                                   batch.weights)
         losses = {"total": parts.total, "distillation": parts.distillation, "cross_entropy": parts.cross_entropy}
+        if not self.runs_teacher:
+            return losses
+        with torch.inference_mode():
+            taught = self.teacher(input_ids=self.teacher_ids[batch.input_ids], attention_mask=batch.attention_mask,
+                                  **wanted)
         if self.hidden_weight > 0:
-            with torch.inference_mode():
-                teacher_hidden = self.teacher(input_ids=self.teacher_ids[batch.input_ids],
-                                              attention_mask=batch.attention_mask,
-                                              output_hidden_states=True).hidden_states
-            hidden = hidden_state_loss(outputs.hidden_states, [state.clone() for state in teacher_hidden],
-                                       self.layer_map, self.projector, batch.attention_mask)
-            losses["hidden"] = hidden
-            losses["total"] = losses["total"] + self.hidden_weight * hidden
+            losses["hidden"] = hidden_state_loss(outputs.hidden_states, [state.clone() for state in
+                                                                         taught.hidden_states],
+                                                 self.layer_map, self.projector, batch.attention_mask)
+            losses["total"] = losses["total"] + self.hidden_weight * losses["hidden"]
+        if self.attention_weight > 0:
+            losses["attention"] = attention_map_loss(outputs.attentions, [probabilities.clone() for probabilities in
+                                                                          taught.attentions],
+                                                     self.attention_map, batch.attention_mask)
+            losses["total"] = losses["total"] + self.attention_weight * losses["attention"]
         return losses
 
 
@@ -124,6 +147,8 @@ def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.nda
     model = AutoModelForSequenceClassification.from_pretrained(initial_dir)
     if loss is not None and loss.extra_parameters():
         model.add_module("hidden_projector", loss.projector)
+    if loss is not None and loss.needs_attentions:
+        model.set_attn_implementation("eager")
     train_set = encode_transfer(tokenizer, train, labels, train_settings.max_length)
     train_set.teacher_logits = teacher_logits
     validation_set = encode_frame(tokenizer, validation, labels, train_settings.max_length)
@@ -281,14 +306,16 @@ def distillation_loss_for(variant: str, settings: dict[str, Any], teacher_dir: P
               info: StudentInfo) -> KnowledgeDistillationLoss | None:
     if variant == "ce":
         return None
-    hidden_weight = settings["hidden_loss_weight"]
-    if hidden_weight <= 0:
+    hidden_weight, attention_weight = settings["hidden_loss_weight"], settings["attention_loss_weight"]
+    if hidden_weight <= 0 and attention_weight <= 0:
         return KnowledgeDistillationLoss(settings["alpha"], settings["temperature"])
     if not info.layers:
-        raise ValueError("the hidden-state term needs a from_teacher student (its layers map to teacher layers)")
+        raise ValueError("the hidden-state and attention-map terms need a student built from teacher layers "
+                         "(from_teacher or narrow)")
     from transformers import AutoModelForSequenceClassification
 
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+    attention = {"attn_implementation": "eager"} if attention_weight > 0 else {}
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, **attention).eval()
     teacher_ids = json.loads((initial_dir / TEACHER_TOKEN_IDS_FILE).read_text(encoding="utf-8"))
     return KnowledgeDistillationLoss(settings["alpha"], settings["temperature"], hidden_weight, teacher,
-                                     teacher_ids, list(info.layers), info.hidden_size)
+                                     teacher_ids, list(info.layers), info.hidden_size, attention_weight)

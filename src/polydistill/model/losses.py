@@ -1,7 +1,8 @@
-"""Distillation losses: soft-label KL with the T² factor plus cross-entropy, and hidden-state MSE.
+"""Distillation losses: soft-label KL with the T² factor plus cross-entropy, hidden-state MSE and attention-map KL.
 
 Hidden states follow the Hugging Face ``output_hidden_states=True`` convention: index 0 is the
 embedding output, index i the output of encoder layer i (1-based), so a layer map pairs those indices.
+Attentions follow ``output_attentions=True``: index i is encoder layer i (0-based), so their map pairs layers.
 """
 
 from __future__ import annotations
@@ -104,6 +105,39 @@ def hidden_state_loss(
         squared_error = (student_state - teacher_state).pow(2) * mask
         pair_losses.append(squared_error.sum() / real_values)
     return torch.stack(pair_losses).mean()
+
+
+def attention_map_loss(
+    student_attentions: Sequence[Tensor],
+    teacher_attentions: Sequence[Tensor],
+    layer_map: LayerMap,
+    attention_mask: Tensor,
+) -> Tensor:
+    """Mean over the pairs (student layer, teacher layer) of KL(teacher ‖ student) between attention distributions
+    averaged over heads, per real query token.
+
+    Each attention is a (batch, heads, query, key) tensor of probabilities. Averaging over heads compares a student
+    with fewer heads (a narrow one) with the teacher layer it was built from. Padded keys carry no probability in
+    either model; padded queries (attention_mask 0) do not count.
+    """
+    if not layer_map:
+        raise ValueError("layer_map is empty")
+    queries = attention_mask.to(student_attentions[0].dtype)
+    pair_losses = []
+    for student_index, teacher_index in layer_map:
+        student_map = student_attentions[student_index].mean(dim=1)
+        teacher_map = teacher_attentions[teacher_index].detach().mean(dim=1)
+        if student_map.shape != teacher_map.shape:
+            raise ValueError(f"attention maps differ in shape ({tuple(student_map.shape)} vs "
+                             f"{tuple(teacher_map.shape)}): tokenize both models identically")
+        per_query = F.kl_div(student_map.clamp_min(1e-12).log(), teacher_map, reduction="none").sum(dim=-1)
+        pair_losses.append((per_query * queries).sum() / queries.sum())
+    return torch.stack(pair_losses).mean()
+
+
+def kept_attention_map(layers: Sequence[int]) -> list[tuple[int, int]]:
+    """Attention layer map for a student built from teacher layers ``layers``: student layer k pairs with layers[k]."""
+    return list(enumerate(layers))
 
 
 def kept_layer_map(layers: Sequence[int]) -> list[tuple[int, int]]:
