@@ -6,7 +6,8 @@ error near 0.04), so it can keep an early, unlucky checkpoint (benchmark 7: sl s
 stopping (select_by last), and every evaluation's validation logits are read back (training.validation_logits). Each
 rule is then replayed with params.yaml's patience: it chooses a step on one random half of the language's validation
 rows and is scored (macro-F1) on the other half, both ways round, over many random halves. Test is never read. The
-runs with select_by last are the default run's own when params.yaml says last, so they cost nothing there.
+students evaluate every RULE_EVAL_EVERY steps, the spacing the rules were compared at (the default run, which keeps
+its last step, evaluates less often: there evaluations only record the curves).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from polydistill.model.training import SELECTION_RULES, per_language_log_loss, s
 SIZES = {"quick": {"seeds": 1, "languages": ["es"], "epochs": 1, "halves": 20},
          "full": {"seeds": 3, "languages": None, "epochs": None, "halves": 200}}
 Curve = dict[int, np.ndarray]  # validation logits by step
+RULE_EVAL_EVERY = 100  # steps between the evaluations a rule chooses among
 
 
 def replay(rule: str, curve: Curve, gold: np.ndarray, rows: np.ndarray, patience: int) -> int:
@@ -69,7 +71,7 @@ def held_out_scores(curve: Curve, gold: np.ndarray, patience: int, halves: int, 
 def seed_curves(lang: str, seed: int, params: dict[str, Any], epochs: int | None) -> dict[str, tuple[Curve, Any]]:
     """Distil one language at one seed with every evaluation kept; each student's curve and validation label ids."""
     settings = copy.deepcopy(params["distill"])
-    settings["train"].update(seed=seed, select_by="last")
+    settings["train"].update(seed=seed, select_by="last", eval_every=RULE_EVAL_EVERY)
     if epochs:
         settings["train"]["epochs"] = epochs
     paths = pipeline_paths(lang, REPO_ROOT / ".cache/bench/selection" / str(seed))
