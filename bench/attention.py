@@ -11,16 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import load_project_params
-from bench.variants import compare
+from bench.variants import compare_loss_term
 
 VARIANTS = {"KD": {"attention_loss_weight": 0.0}, "KD + attention maps × 1.0": {"attention_loss_weight": 1.0}}
-SIZES = {"quick": {"seeds": 1, "languages": ["es"], "epochs": 1},
-         "full": {"seeds": 1, "languages": None, "epochs": None}}  # None: every language of params.yaml
 
 
 def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
-    languages = languages or sizes["languages"] or load_project_params()["data"]["languages"]
-    return compare("attention", "17. Attention-map matching for the narrow students", VARIANTS, languages,
-                   sizes["seeds"], sizes["epochs"])
+    return compare_loss_term("attention", "17. Attention-map matching for the narrow students", VARIANTS, quick,
+                             languages)

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import load_project_params
-from bench.variants import compare
+from bench.variants import compare_loss_term
 
 VARIANTS = {"KD": {"hidden_loss_weight": 0.0}, **{f"KD + hidden states × {weight}": {"hidden_loss_weight": weight}
                                                     for weight in (0.1, 1.0)}}
-SIZES = {"quick": {"seeds": 1, "languages": ["es"], "epochs": 1},
-         "full": {"seeds": 1, "languages": None, "epochs": None}}  # None: every language of params.yaml
 
 
 def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
-    languages = languages or sizes["languages"] or load_project_params()["data"]["languages"]
-    return compare("hidden", "13. Hidden-state matching for the narrow students", VARIANTS, languages, sizes["seeds"],
-                   sizes["epochs"])
+    return compare_loss_term("hidden", "13. Hidden-state matching for the narrow students", VARIANTS, quick, languages)

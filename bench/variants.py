@@ -92,6 +92,19 @@ def compare(name: str, title: str, variants: dict[str, Overrides], languages: li
                                                      "languages": languages})
 
 
+LOSS_TERM_SIZES = {"quick": {"seeds": 1, "languages": ["es"], "epochs": 1},
+                   "full": {"seeds": 1, "languages": None, "epochs": None}}  # None: every language of params.yaml
+
+
+def compare_loss_term(name: str, title: str, variants: dict[str, Overrides], quick: bool,
+                      languages: list[str] | None = None) -> dict[str, Any]:
+    """compare() at the size of the loss-term ablations (13, 17): one seed on every language, es for one epoch when
+    quick, unless `languages` names others."""
+    sizes = LOSS_TERM_SIZES["quick" if quick else "full"]
+    languages = languages or sizes["languages"] or load_project_params()["data"]["languages"]
+    return compare(name, title, variants, languages, sizes["seeds"], sizes["epochs"])
+
+
 def choose_beyond_noise(validation: dict[str, list[float]], default: str) -> str:
     """The best validation mean over seeds (see bench.adaptive.choose), or the default when the best beats it by less
     than the larger seed sd of the two."""
