@@ -13,6 +13,9 @@ reported beside it and never read by the choice.
 - hidden (benchmark 13): distill.hidden_loss_weight 0 / 0.1 / 1 for the narrow students, on every language.
 - kd_weight (14) and steps (15): zh's KD weight alpha; a cap on en's and zh's steps.
 - attention (benchmark 17): distill.attention_loss_weight 0 / 1 for the narrow students, on every language.
+
+The loss-term ablations (13, 17) run one seed; a language whose one-seed choice leaves params.yaml's variant is run
+again over three seeds before anything is chosen there.
 """
 
 from __future__ import annotations
@@ -75,34 +78,54 @@ def seed_scores(name: str, lang: str, variant: str, overrides: Overrides, seed: 
     return scores
 
 
-def compare(name: str, title: str, variants: dict[str, Overrides], languages: list[str], seeds: int,
-            epochs: int | None) -> dict[str, Any]:
-    """Run every language × variant × seed and summarise (see the module docstring)."""
+def collect(name: str, variants: dict[str, Overrides], languages: list[str], seeds: int,
+            epochs: int | None) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Scores of every language × variant × seed, seeds counted from params.yaml's."""
     params = load_project_params()
-    labels = params["data"]["labels"]
-    default = default_variant(variants, params["distill"])
     base_seed = params["distill"]["train"]["seed"]
     results = {}
     for lang in languages:
-        splits, gold = held_out_splits(lang, labels)
+        splits, gold = held_out_splits(lang, params["data"]["labels"])
         results[lang] = {variant: [seed_scores(name, lang, variant, overrides, seed, params, epochs, splits, gold)
                                    for seed in range(base_seed, base_seed + seeds)]
                          for variant, overrides in variants.items()}
+    return results
+
+
+def compare(name: str, title: str, variants: dict[str, Overrides], languages: list[str], seeds: int,
+            epochs: int | None) -> dict[str, Any]:
+    """Run every language × variant × seed and summarise (see the module docstring)."""
+    default = default_variant(variants, load_project_params()["distill"])
+    results = collect(name, variants, languages, seeds, epochs)
     return summarise(name, title, results, default, {"variants": variants, "seeds": seeds, "epochs": epochs,
                                                      "languages": languages})
 
 
-LOSS_TERM_SIZES = {"quick": {"seeds": 1, "languages": ["es"], "epochs": 1},
-                   "full": {"seeds": 1, "languages": None, "epochs": None}}  # None: every language of params.yaml
+LOSS_TERM_SIZES = {"quick": {"seeds": 1, "confirm_seeds": 1, "languages": ["es"], "epochs": 1},
+                   "full": {"seeds": 1, "confirm_seeds": 3, "languages": None, "epochs": None}}  # None: all
 
 
 def compare_loss_term(name: str, title: str, variants: dict[str, Overrides], quick: bool,
                       languages: list[str] | None = None) -> dict[str, Any]:
-    """compare() at the size of the loss-term ablations (13, 17): one seed on every language, es for one epoch when
-    quick, unless `languages` names others."""
+    """compare() at the size of the loss-term ablations (13, 17): one seed on every language (es for one epoch when
+    quick, unless `languages` names others). A language whose one-seed choice leaves params.yaml's variant is run
+    again with confirm_seeds seeds, and its choice reads their means: a gain under one seed sd keeps the default."""
     sizes = LOSS_TERM_SIZES["quick" if quick else "full"]
     languages = languages or sizes["languages"] or load_project_params()["data"]["languages"]
-    return compare(name, title, variants, languages, sizes["seeds"], sizes["epochs"])
+    default = default_variant(variants, load_project_params()["distill"])
+    results = collect(name, variants, languages, sizes["seeds"], sizes["epochs"])
+    departing = [lang for lang, by_variant in results.items()
+                 if choose_beyond_noise(kd_validation(by_variant), default) != default]
+    confirmed = departing if sizes["confirm_seeds"] > sizes["seeds"] else []
+    results.update(collect(name, variants, confirmed, sizes["confirm_seeds"], sizes["epochs"]))
+    return summarise(name, title, results, default, {
+        "variants": variants, "seeds": sizes["seeds"], "confirm_seeds": sizes["confirm_seeds"],
+        "confirmed": confirmed, "epochs": sizes["epochs"], "languages": languages})
+
+
+def kd_validation(by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
+    """Each variant's KD validation macro-F1 per seed."""
+    return {variant: [seed["kd"]["validation"] for seed in seeds] for variant, seeds in by_variant.items()}
 
 
 def choose_beyond_noise(validation: dict[str, list[float]], default: str) -> str:
@@ -130,8 +153,7 @@ def summarise(name: str, title: str, results: dict[str, dict[str, list[dict]]], 
 
     rows, chosen = [], {}
     for lang, by_variant in results.items():
-        chosen[lang] = choose_beyond_noise({variant: [seed["kd"]["validation"] for seed in seeds]
-                                            for variant, seeds in by_variant.items()}, default)
+        chosen[lang] = choose_beyond_noise(kd_validation(by_variant), default)
         for variant, seeds in by_variant.items():
             scores = {f"{student} {split}": [seed[student][split] for seed in seeds]
                       for student in VARIANTS for split in ("validation", "test")}
@@ -144,14 +166,31 @@ def summarise(name: str, title: str, results: dict[str, dict[str, list[dict]]], 
                          training_time(seeds), "chosen" if variant == chosen[lang] else ""])
     return {
         "name": name, "title": title, "config": config, "results": results, "chosen": chosen,
-        "tables": [{"title": f"Student macro-F1 per variant, mean ± sd over {config['seeds']} seeds (as served); "
-                             f"the choice reads KD validation only; KD test − {default}'s, paired per seed (min to "
-                             "max); test texts segmented as the teacher does; KD training seconds to the last "
-                             "validation, mean over seeds",
+        "tables": [{"title": f"Student macro-F1 per variant, mean ± sd over {seed_counts(config, default)} (as "
+                             f"served); the choice reads KD validation only; KD test − {default}'s, paired per seed "
+                             "(min to max); test texts segmented as the teacher does; KD training seconds to the "
+                             "last validation, mean over seeds",
                     "columns": ["lang", "variant", "KD validation", "KD test", "CE-only validation", "CE-only test",
                                 f"KD test − {default}", "segmented as teacher", "KD training (steps)", ""],
                     "rows": rows}],
-        "notes": [f"params.yaml holds {default}; validation chooses {chosen} " + (
-            "(a gain under one seed sd keeps the default)." if config["seeds"] > 1 else
-            "(one seed: the best validation score, with no sd to tell a gain from noise).")],
+        "notes": [f"params.yaml holds {default}; validation chooses {chosen} ({choice_rule(config)})."],
     }
+
+
+def seed_counts(config: dict[str, Any], default: str) -> str:
+    """How many seeds the table's means cover, naming the languages confirmed with more."""
+    counts = f"{config['seeds']} seed{'s' if config['seeds'] > 1 else ''}"
+    if config.get("confirmed"):
+        counts += (f", {config['confirm_seeds']} on {', '.join(config['confirmed'])} (where the one-seed choice left "
+                   f"{default})")
+    return counts
+
+
+def choice_rule(config: dict[str, Any]) -> str:
+    """The rule that chose, in words."""
+    if config["seeds"] > 1:
+        return "a gain under one seed sd keeps the default"
+    if config.get("confirmed"):
+        return (f"one seed: the best validation score; on {', '.join(config['confirmed'])} {config['confirm_seeds']} "
+                "seeds, where a gain under one seed sd keeps the default")
+    return "one seed: the best validation score, with no sd to tell a gain from noise"

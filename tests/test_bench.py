@@ -114,11 +114,13 @@ def test_variants_override_dotted_settings_and_exactly_one_matches_params() -> N
         default_variant({"a": {"alpha": 0.1}, "b": {"alpha": 0.2}}, settings)
 
 
-def test_a_variant_is_chosen_on_kd_validation_only() -> None:
-    def seed(kd_validation: float, test: float) -> dict:
-        return {"kd": {"validation": kd_validation, "test": test}, "ce": {"validation": 0.5, "test": test},
-                "segmented_as_teacher": 0.5, "kd_training": {"seconds": 30.0, "steps": 100}}
+def seed(kd_validation: float, test: float) -> dict:
+    """One variant seed's scores as bench.variants.seed_scores returns them."""
+    return {"kd": {"validation": kd_validation, "test": test}, "ce": {"validation": 0.5, "test": test},
+            "segmented_as_teacher": 0.5, "kd_training": {"seconds": 30.0, "steps": 100}}
 
+
+def test_a_variant_is_chosen_on_kd_validation_only() -> None:
     config = {"seeds": 2}
     results = {"es": {"off": [seed(0.70, 0.9), seed(0.72, 0.9)], "on": [seed(0.74, 0.1), seed(0.75, 0.1)]}}
     summary = summarise("x", "x", results, "off", config)
@@ -131,6 +133,31 @@ def test_a_variant_is_chosen_on_kd_validation_only() -> None:
     one_seed = {"es": {variant: seeds[:1] for variant, seeds in results["es"].items()}}
     summary = summarise("x", "x", one_seed, "off", {"seeds": 1})
     assert summary["chosen"] == {"es": "off"} and "one seed" in summary["notes"][0]  # 0.69 < 0.70
+
+
+def test_a_loss_term_is_rerun_over_more_seeds_only_where_one_seed_left_the_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.variants as variants
+
+    validation = {1: {"es": {"off": [0.70], "on": [0.76]}, "id": {"off": [0.80], "on": [0.83]},
+                      "sl": {"off": [0.80], "on": [0.78]}},
+                  3: {"es": {"off": [0.70, 0.72, 0.74], "on": [0.76, 0.75, 0.77]},  # +0.04, sd 0.02: holds
+                      "id": {"off": [0.80, 0.84, 0.82], "on": [0.83, 0.81, 0.82]}}}  # +0.00: noise
+    calls = []
+
+    def scores(name: str, variant_overrides: dict, languages: list[str], seeds: int, epochs: int | None) -> dict:
+        calls.append((languages, seeds))
+        return {lang: {variant: [seed(value, 0.8) for value in values]
+                       for variant, values in validation[seeds][lang].items()} for lang in languages}
+
+    monkeypatch.setattr(variants, "collect", scores)
+    monkeypatch.setattr(variants, "load_project_params",
+                        lambda: {"distill": {"weight": 0.0}, "data": {"languages": ["es", "id", "sl"]}})
+    summary = variants.compare_loss_term("x", "x", {"off": {"weight": 0.0}, "on": {"weight": 1.0}}, quick=False)
+    assert calls == [(["es", "id", "sl"], 1), (["es", "id"], 3)]
+    assert summary["chosen"] == {"es": "on", "id": "off", "sl": "off"}
+    assert "3 on es, id" in summary["tables"][0]["title"] and "3 seeds" in summary["notes"][0]
+    assert summary["tables"][0]["rows"][0][2] == "0.720 ± 0.020"  # es's row holds the three seeds
 
 
 def test_quality_row_formats_intervals() -> None:
