@@ -181,8 +181,8 @@ def seed_counts(config: dict[str, Any], default: str) -> str:
     """How many seeds the table's means cover, naming the languages confirmed with more."""
     counts = f"{config['seeds']} seed{'s' if config['seeds'] > 1 else ''}"
     if config.get("confirmed"):
-        counts += (f", {config['confirm_seeds']} on {', '.join(config['confirmed'])} (where the one-seed choice left "
-                   f"{default})")
+        confirmed = ", ".join(config["confirmed"])
+        counts += f", {config['confirm_seeds']} on {confirmed} where the one-seed choice left {default}"
     return counts
 
 
