@@ -111,13 +111,15 @@ def compare_loss_term(name: str, title: str, variants: dict[str, Overrides], qui
     quick, unless `languages` names others). A language whose one-seed choice leaves params.yaml's variant is run
     again with confirm_seeds seeds, and its choice reads their means: a gain under one seed sd keeps the default."""
     sizes = LOSS_TERM_SIZES["quick" if quick else "full"]
-    languages = languages or sizes["languages"] or load_project_params()["data"]["languages"]
-    default = default_variant(variants, load_project_params()["distill"])
+    params = load_project_params()
+    languages = languages or sizes["languages"] or params["data"]["languages"]
+    default = default_variant(variants, params["distill"])
     results = collect(name, variants, languages, sizes["seeds"], sizes["epochs"])
-    departing = [lang for lang, by_variant in results.items()
-                 if choose_beyond_noise(kd_validation(by_variant), default) != default]
-    confirmed = departing if sizes["confirm_seeds"] > sizes["seeds"] else []
-    results.update(collect(name, variants, confirmed, sizes["confirm_seeds"], sizes["epochs"]))
+    confirmed = [lang for lang, by_variant in results.items()
+                 if choose_beyond_noise(kd_validation(by_variant), default) != default] \
+        if sizes["confirm_seeds"] > sizes["seeds"] else []
+    if confirmed:
+        results.update(collect(name, variants, confirmed, sizes["confirm_seeds"], sizes["epochs"]))
     return summarise(name, title, results, default, {
         "variants": variants, "seeds": sizes["seeds"], "confirm_seeds": sizes["confirm_seeds"],
         "confirmed": confirmed, "epochs": sizes["epochs"], "languages": languages})
