@@ -19,10 +19,10 @@ MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quali
            "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive", "scaling": "bench.scaling",
            "class_weights": "bench.class_weights", "vocabulary": "bench.vocabulary", "hidden": "bench.hidden",
            "kd_weight": "bench.kd_weight", "steps": "bench.steps", "selection": "bench.selection",
-           "attention": "bench.attention"}
+           "attention": "bench.attention", "vocabulary_cap": "bench.vocabulary_cap"}
 # benchmarks that take --languages
 PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive", "class_weights", "vocabulary", "hidden",
-                "selection", "attention")
+                "selection", "attention", "vocabulary_cap")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 ORDER = ("loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds", "transfer_sources", "adaptive",
-         "scaling", "class_weights", "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention")
+         "scaling", "class_weights", "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention",
+         "vocabulary_cap")
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:

@@ -20,6 +20,7 @@ from bench.report import markdown_table, render_benchmarks, render_result  # noq
 from bench.selection import held_out_scores, replay  # noqa: E402
 from bench.speed import identification  # noqa: E402
 from bench.variants import default_variant, summarise, with_overrides  # noqa: E402
+from bench.vocabulary_cap import smallest_cap  # noqa: E402
 
 MACHINE = {"cpu_model": "Test CPU", "cores": 2, "torch_threads": 2, "load_average_1m": 0.5, "python": "3.11",
            "torch": "2.13.0", "transformers": "5.24.0"}
@@ -206,7 +207,8 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments(["--quick", "--only", "loop,speed"]).selected == ["loop", "speed"]
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
-                                           "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention"]
+                                           "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention",
+                                           "vocabulary_cap"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
@@ -309,3 +311,13 @@ def test_held_out_halves_score_each_rule_on_rows_it_did_not_choose_on() -> None:
     assert scores["macro_f1"]["held_out_macro_f1"] == 1.0 and scores["macro_f1"]["mean_step"] == 100
     assert scores["log_loss"]["mean_step"] == 100, "confident and right beats unsure and right"
     assert scores["last"]["mean_step"] == 300 and scores["last"]["last_step"] == 300
+
+
+def test_the_smallest_cap_for_the_segmentation_target_reads_validation_only() -> None:
+    def entry(validation: float, test: float) -> dict[str, dict[str, float]]:
+        return {"validation": {"identical_share": validation}, "test": {"identical_share": test}}
+
+    caps = {40_000: entry(0.92, 0.85), 10_000: entry(0.50, 0.95), 20_000: entry(0.89, 0.91), 80_000: entry(1.0, 1.0)}
+    assert smallest_cap(caps, 0.9) == 40_000
+    assert smallest_cap(caps, 0.5) == 10_000
+    assert smallest_cap({cap: entry(0.6, 0.99) for cap in caps}, 0.9) is None
