@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.__main__ import parse_arguments  # noqa: E402
+from bench.ablations import paired_mean_difference, verdict  # noqa: E402
 from bench.adaptive import adaptive_choice, choose  # noqa: E402
 from bench.common import format_summary, interleave, load_project_params, paired_ratios, summarize, target  # noqa: E402
 from bench.kd_weight import VARIANTS as KD_WEIGHT_VARIANTS  # noqa: E402
@@ -321,3 +322,22 @@ def test_the_smallest_cap_for_the_segmentation_target_reads_validation_only() ->
     assert smallest_cap(caps, 0.9) == 40_000
     assert smallest_cap(caps, 0.5) == 10_000
     assert smallest_cap({cap: entry(0.6, 0.99) for cap in caps}, 0.9) is None
+
+
+def test_shapes_are_compared_on_the_same_resampled_rows_per_language() -> None:
+    rng = np.random.default_rng(0)
+    gold = {"es": rng.integers(0, 2, 60), "id": rng.integers(0, 2, 90)}
+    noisy = {lang: np.where(rng.random(len(labels)) < 0.3, 1 - labels, labels) for lang, labels in gold.items()}
+    worse = {lang: np.where(rng.random(len(labels)) < 0.6, 1 - labels, labels) for lang, labels in gold.items()}
+
+    def entries(predicted: dict[str, np.ndarray]) -> dict[str, list[dict]]:
+        return {lang: [{"test_predictions": {"onnx_int8": values}}] for lang, values in predicted.items()}
+
+    settings = {"bootstrap_samples": 200, "seed": 1, "confidence": 0.95}
+    same = paired_mean_difference(gold, entries(noisy), entries(noisy), "onnx_int8", 2, settings)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}, "identical predictions differ on no resample"
+    better = paired_mean_difference(gold, entries(noisy), entries(worse), "onnx_int8", 2, settings)
+    assert better["low"] <= better["difference"] <= better["high"] and better["low"] > 0
+    lost = paired_mean_difference(gold, entries(worse), entries(noisy), "onnx_int8", 2, settings)
+    assert verdict(same, 0.01) == "held" and verdict(lost, 0.01) == "lost"
+    assert verdict({"difference": -0.005, "low": -0.03, "high": 0.02}, 0.01) == "undecided"
