@@ -21,10 +21,10 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, load_project_params, require, target
-from bench.seeds import pipeline_paths
+from bench.seeds import gold_codes, pipeline_paths, predictions
 from polydistill.model.distill import distill_language
 from polydistill.model.metrics import SpeedSettings, bootstrap_macro_f1, measure_speeds, percentile_interval
-from polydistill.model.runtime import RUNTIMES, load_text_classifier, probabilities_from_model
+from polydistill.model.runtime import RUNTIMES, load_text_classifier
 from polydistill.model.soft_labels import SoftLabelSettings
 
 SIZES = {"quick": {"languages": ["es"], "epochs": 1, "seeds": 1, "configurations": ["from_teacher", "narrow"],
@@ -56,16 +56,6 @@ def configurations(distill: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], 
         "scratch": f"random init, 4 layers, width {width}", "narrow_deep": f"narrow 6 layers, width {width}"}
 
 
-def gold_codes(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    return frame["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
-
-
-def predictions(model_dir: Path, frame: pd.DataFrame, runtime: str, settings: dict) -> np.ndarray:
-    """The student's predicted label index per row, in a runtime."""
-    return probabilities_from_model(model_dir, frame["text"].tolist(), settings["train"]["max_length"],
-                                    settings["train"]["eval_batch_size"], settings["threads"], runtime).argmax(axis=1)
-
-
 def macro_f1(gold: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(gold, predicted, average="macro"))
 
@@ -82,12 +72,12 @@ def train_configuration(name: str, student: dict[str, Any], seed: int, lang: str
                               params["data"]["labels"])
     labels = params["data"]["labels"]
     frames = {split: splits[split][splits[split]["lang"] == lang] for split in ("validation", "test")}
-    predicted = {(split, runtime): predictions(paths["output"] / "kd", frame, runtime, settings)
+    predicted = {(split, runtime): predictions(paths["output"] / "kd", frame, settings, runtime)
                  for split, frame in frames.items() for runtime in RUNTIMES}
     scores = {f"kd_{split}_{runtime}": macro_f1(gold_codes(frames[split], labels), values)
               for (split, runtime), values in predicted.items()}
     scores["ce_test_torch_fp32"] = macro_f1(gold_codes(frames["test"], labels),
-                                            predictions(paths["output"] / "ce", frames["test"], "torch_fp32", settings))
+                                            predictions(paths["output"] / "ce", frames["test"], settings))
     return {**scores, "params": report["student"]["total_params"], "directory": str(paths["output"] / "kd"),
             "test_predictions": {runtime: predicted["test", runtime] for runtime in RUNTIMES}}
 

@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, RESULTS_DIR, load_project_params, require
-from bench.seeds import pipeline_paths
+from bench.seeds import gold_codes, pipeline_paths
 from polydistill.model.distill import distill_language
 from polydistill.model.runtime import probabilities_from_model
 from polydistill.model.soft_labels import SoftLabelSettings
@@ -59,8 +59,7 @@ def held_out_splits(lang: str, labels: list[str]) -> tuple[dict[str, pd.DataFram
     for split in ("validation", "test"):
         frame = pd.read_parquet(require(REPO_ROOT / f"data/prepared/{split}.parquet", "make run"))
         splits[split] = frame[frame["lang"] == lang].reset_index(drop=True)
-    gold = {split: frame["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
-            for split, frame in splits.items()}
+    gold = {split: gold_codes(frame, labels) for split, frame in splits.items()}
     return splits, gold
 
 

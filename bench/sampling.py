@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, load_project_params, require
+from bench.seeds import gold_codes
 from polydistill.data.balance import LossWeightSettings, row_weights, sample_balanced, share_report
 from polydistill.model.metrics import bootstrap_macro_f1, percentile_interval
 from polydistill.model.runtime import probabilities_from_model
@@ -46,7 +47,7 @@ def per_language_f1(model_dir: Path, frame: pd.DataFrame, labels: list[str], set
     """Macro-F1 of the model on each language's rows of frame, with its bootstrap interval."""
     probabilities = probabilities_from_model(model_dir, frame["text"].tolist(), settings["max_length"],
                                              settings["eval_batch_size"], settings["threads"])
-    gold = frame["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
+    gold = gold_codes(frame, labels)
     predicted = probabilities.argmax(axis=1)
     scores = {}
     for lang in sorted(frame["lang"].unique()):

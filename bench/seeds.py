@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
@@ -39,13 +40,22 @@ def pipeline_paths(lang: str, output: Path) -> dict[str, Path]:
             "output": output / lang, "metrics": output / f"{lang}.json", "work": REPO_ROOT / ".cache/runs"}
 
 
+def gold_codes(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """The rows' gold label indices, in params.yaml's label order."""
+    return frame["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
+
+
+def predictions(model_dir: Path, frame: pd.DataFrame, settings: dict[str, Any],
+                runtime: str = "torch_fp32") -> np.ndarray:
+    """A student folder's predicted label index per row, in a runtime (settings: params.yaml's distill section)."""
+    return probabilities_from_model(model_dir, frame["text"].tolist(), settings["train"]["max_length"],
+                                    settings["train"]["eval_batch_size"], settings["threads"], runtime).argmax(axis=1)
+
+
 def macro_f1(model_dir: Path, test: pd.DataFrame, labels: list[str], settings: dict[str, Any],
              runtime: str = "torch_fp32") -> float:
     """Test macro-F1 of a student folder in a runtime."""
-    probabilities = probabilities_from_model(model_dir, test["text"].tolist(), settings["train"]["max_length"],
-                                             settings["train"]["eval_batch_size"], settings["threads"], runtime)
-    gold = test["label"].map({label: index for index, label in enumerate(labels)}).to_numpy()
-    return float(f1_score(gold, probabilities.argmax(axis=1), average="macro"))
+    return float(f1_score(gold_codes(test, labels), predictions(model_dir, test, settings, runtime), average="macro"))
 
 
 def reference_scores(lang: str) -> dict[str, float]:

@@ -45,12 +45,13 @@ def language_texts(lang: str) -> dict[str, list[str]]:
     return {"vocabulary": vocabulary, "validation": texts["validation"].tolist(), "test": texts["test"].tolist()}
 
 
-def student_params(lang: str, pieces: int) -> tuple[int, int]:
-    """The default student's parameters with `pieces` embedding rows, and the teacher's (committed metrics)."""
+def parameter_counts(lang: str) -> tuple[int, int, int]:
+    """From the committed metrics: the default student's parameters besides its piece embeddings, its width (the
+    parameters of one piece) and the teacher's parameters."""
     student = json.loads(require(REPO_ROOT / f"metrics/distill/{lang}.json", "make run").read_text())["student"]
     evaluation = json.loads(require(REPO_ROOT / f"metrics/evaluate/{lang}.json", "make run").read_text())
     other = student["total_params"] - student["vocab_size"] * student["hidden_size"]
-    return other + pieces * student["hidden_size"], evaluation["efficiency"]["teacher"]["total_params"]
+    return other, student["hidden_size"], evaluation["efficiency"]["teacher"]["total_params"]
 
 
 def fidelity(teacher_json: dict[str, Any], teacher: Tokenizer, kept: list[int],
@@ -73,10 +74,11 @@ def measure_language(lang: str, sizes: dict[str, Any], settings: VocabularySetti
         return word_piece_prior(teacher_json, words, tokens, settings.capitalised_weight, settings.upper_weight)
 
     default_prior = prior(settings.word_prior_tokens)
+    other_params, per_piece, teacher_params = parameter_counts(lang)
     caps = {}
     for cap in sizes["caps"]:
         kept = language_vocabulary(teacher_json, texts["vocabulary"], cap, settings.teacher_prior, default_prior)
-        params, teacher_params = student_params(lang, len(kept))
+        params = other_params + len(kept) * per_piece
         caps[cap] = {"pieces": len(kept), "params": params, "fewer_params": teacher_params / params,
                      **fidelity(teacher_json, teacher, kept, texts)}
     weights = {}
