@@ -46,3 +46,12 @@ def append_to_inference_log(path: str, worker: int, requests: int, rows_per_requ
         answers = [{"lang": "en", "status": "ok", "label": "positive", "score": 0.9, "student_version": "1"}
                    for _ in texts]
         log.record(texts, answers, {}, detector=None)  # no student tokenizers: no features need one
+
+
+def open_fresh_logs(directory: str, logs: int, barrier: Any) -> None:
+    """Open `logs` new inference logs in turn, every worker opening the same new file at the same moment."""
+    from polydistill.ops.inference_log import connect
+
+    for log in range(logs):
+        barrier.wait()
+        connect(Path(directory) / f"inference-{log}.db").close()

@@ -18,7 +18,7 @@ import pytest
 from conftest import wait_for_deployment
 from harness import REPO_ROOT
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from race_workers import append_to_inference_log
+from race_workers import append_to_inference_log, open_fresh_logs
 from transformers import AutoTokenizer
 
 from polydistill.config import load_params
@@ -104,6 +104,22 @@ def test_concurrent_server_workers_all_land_in_the_wal_log(tmp_path: Path) -> No
         assert process.exitcode == 0
     assert len(read_log(path)) == workers * requests * rows
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_workers_that_open_a_new_log_at_once_all_get_it(tmp_path: Path) -> None:
+    """The WAL switch on a new file used to fail one in five such races with "database is locked"."""
+    workers, logs = 4, 40
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers, timeout=120)
+    processes = [context.Process(target=open_fresh_logs, args=(str(tmp_path), logs, barrier))
+                 for _ in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+        assert process.exitcode == 0
+    modes = {sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] for path in tmp_path.glob("*.db")}
+    assert len(list(tmp_path.glob("*.db"))) == logs and modes == {"wal"}
 
 
 def test_held_out_rows_are_not_flagged_over_random_draws(tmp_path: Path, halves: tuple, tokenizers: dict,

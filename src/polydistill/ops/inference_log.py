@@ -80,12 +80,18 @@ def text_hash(text: str) -> str:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the log in WAL mode, its table created if missing."""
+    """A connection to the log in WAL mode, its table created if missing.
+
+    Workers that start together would race to switch a new file to WAL, and SQLite answers that race with "database
+    is locked" at once (no busy wait), so the setup is serialised by a lock file beside the log."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute(SCHEMA)
+    with FileLock(path.with_name(path.name + ".lock"), timeout=BUSY_TIMEOUT_S):
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(SCHEMA)
     return connection
 
 
