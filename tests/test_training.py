@@ -11,6 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
+from safetensors import safe_open
 from transformers import BertConfig, BertForSequenceClassification
 
 from polydistill.model.distill import STUDENT_CODE
@@ -169,20 +170,26 @@ class Interrupted(Exception):
     pass
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    train, validation = toy_set(160, 1), toy_set(60, 2)
+@pytest.mark.parametrize("freeze", [False, True], ids=["all-trained", "frozen-word-embeddings"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, freeze: bool) -> None:
+    train, validation, run_settings = toy_set(160, 1), toy_set(60, 2), settings(freeze_word_embeddings=freeze)
     uninterrupted = tiny_model()
-    train_classifier(uninterrupted, train, validation, settings(), tmp_path / "straight", PAD)
+    train_classifier(uninterrupted, train, validation, run_settings, tmp_path / "straight", PAD)
 
     def kill_at_step_30(step: int, total: int, entry: dict) -> None:
         if step == 30:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_classifier(tiny_model(), train, validation, settings(), tmp_path / "resumed", PAD,
+        train_classifier(tiny_model(), train, validation, run_settings, tmp_path / "resumed", PAD,
                          progress=kill_at_step_30)
     resumed = tiny_model(seed=99)  # a fresh process would start from other random weights
-    state = train_classifier(resumed, train, validation, settings(), tmp_path / "resumed", PAD)
+    word_embeddings = "bert.embeddings.word_embeddings.weight"
+    if freeze:  # ... but from the same pretrained frozen ones, which the checkpoint leaves out
+        resumed.get_input_embeddings().weight.data.copy_(tiny_model().get_input_embeddings().weight)
+    with safe_open(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"), "pt") as checkpoint:
+        assert (word_embeddings in checkpoint.keys()) is not freeze
+    state = train_classifier(resumed, train, validation, run_settings, tmp_path / "resumed", PAD)
     assert state.step == 60 and [entry["step"] for entry in state.history] == [10, 20, 30, 40, 50, 60]
     for (name, expected), actual in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(actual, expected, msg=name)

@@ -418,12 +418,15 @@ def validation_logits(work_dir: Path) -> tuple[dict[int, np.ndarray], np.ndarray
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LambdaLR, state: TrainState, ranks: Ranks = Ranks()) -> None:
     """Write weights, optimizer moments and every rank's RNG state as safetensors, the rest as JSON; crash-safe (see
-    durable). Under torch distributed the ranks hold the same weights and moments, and rank 0 writes."""
+    durable). Frozen parameters are left out: they are the model's initial values, which a resumed run rebuilds
+    (the teacher's frozen word embeddings are 384 of its 470 MB). Under torch distributed the ranks hold the same
+    weights and moments, and rank 0 writes."""
     rng_states = ranks.gather_object(torch.get_rng_state())
     if not ranks.is_main:
         return
     staging = new_staging(directory)
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+    frozen = frozen_parameter_names(model)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items() if name not in frozen},
               str(staging / "model.safetensors"))
     kill_point("checkpoint:writing")
     optimizer_state = optimizer.state_dict()
@@ -444,8 +447,12 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
 
 def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LambdaLR, ranks: Ranks = Ranks()) -> TrainState:
-    """Restore what save_checkpoint wrote (this rank's RNG state) and return the saved progress."""
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    """Restore what save_checkpoint wrote (this rank's RNG state) and return the saved progress. `model` must be
+    built as for the run that wrote it: its frozen parameters are not in the checkpoint."""
+    restored = model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
+    if restored.unexpected_keys or not set(restored.missing_keys) <= frozen_parameter_names(model):
+        raise ValueError(f"checkpoint {directory} does not match the model: missing {restored.missing_keys}, "
+                         f"unexpected {restored.unexpected_keys}")
     tensors = load_file(str(directory / "trainer_state.safetensors"))
     meta = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
     optimizer_state: dict[int, dict[str, Any]] = {}
@@ -460,6 +467,11 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors[f"rng_torch.{ranks.rank}"])
     return TrainState(**meta["state"])
+
+
+def frozen_parameter_names(model: torch.nn.Module) -> set[str]:
+    """The state-dict names of the parameters that training leaves as they are."""
+    return {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
 
 
 def _json_default(value: Any) -> Any:
