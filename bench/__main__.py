@@ -19,10 +19,11 @@ MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quali
            "transfer_sources": "bench.transfer_sources", "adaptive": "bench.adaptive", "scaling": "bench.scaling",
            "class_weights": "bench.class_weights", "vocabulary": "bench.vocabulary", "hidden": "bench.hidden",
            "kd_weight": "bench.kd_weight", "steps": "bench.steps", "selection": "bench.selection",
-           "attention": "bench.attention", "vocabulary_cap": "bench.vocabulary_cap"}
+           "attention": "bench.attention", "vocabulary_cap": "bench.vocabulary_cap",
+           "teacher_epochs": "bench.teacher_epochs"}
 # benchmarks that take --languages
 PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive", "class_weights", "vocabulary", "hidden",
-                "selection", "attention", "vocabulary_cap")
+                "selection", "attention", "vocabulary_cap", "teacher_epochs")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -20,6 +20,7 @@ from bench.quality import language_row, with_interval  # noqa: E402
 from bench.report import markdown_table, render_benchmarks, render_result  # noqa: E402
 from bench.selection import held_out_scores, replay  # noqa: E402
 from bench.speed import identification  # noqa: E402
+from bench.teacher_epochs import needed_retention, preferred_on_validation  # noqa: E402
 from bench.variants import default_variant, summarise, with_overrides  # noqa: E402
 from bench.vocabulary_cap import smallest_cap  # noqa: E402
 
@@ -209,7 +210,7 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
                                            "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention",
-                                           "vocabulary_cap"]
+                                           "vocabulary_cap", "teacher_epochs"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
@@ -322,6 +323,18 @@ def test_the_smallest_cap_for_the_segmentation_target_reads_validation_only() ->
     assert smallest_cap(caps, 0.9) == 40_000
     assert smallest_cap(caps, 0.5) == 10_000
     assert smallest_cap({cap: entry(0.6, 0.99) for cap in caps}, 0.9) is None
+
+
+def test_the_longer_teacher_is_kept_by_validation_only() -> None:
+    def scores(validation: float, test: float) -> dict[str, float]:
+        return {"ensemble_validation": validation, "ensemble_test": test}
+
+    results = {"es": {"1 epoch": scores(0.80, 0.70), "2 epochs": scores(0.78, 0.90)},
+               "id": {"1 epoch": scores(0.86, 0.80), "2 epochs": scores(0.87, 0.95)}}
+    assert preferred_on_validation(results, ["1 epoch", "2 epochs"]) == "1 epoch"  # 0.830 against 0.825
+    results["es"]["2 epochs"]["ensemble_validation"] = 0.80
+    assert preferred_on_validation(results, ["1 epoch", "2 epochs"]) == "2 epochs"
+    assert needed_retention(0.876, 0.879) == pytest.approx(0.9966, abs=1e-4)
 
 
 def test_shapes_are_compared_on_the_same_resampled_rows_per_language() -> None:
