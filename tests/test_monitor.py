@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,33 +92,30 @@ def test_the_log_keeps_a_hash_and_text_only_when_allowed(tmp_path: Path, halves:
     assert served_versions(kept) == {"en": "3"}
 
 
-def test_concurrent_server_workers_all_land_in_the_wal_log(tmp_path: Path) -> None:
-    path, workers, requests, rows = tmp_path / "inference.db", 4, 25, 8
+def run_at_once(target: Callable[..., None], arguments: list[tuple]) -> None:
+    """One spawned process per argument tuple, each given a barrier shared by all as its last argument; every
+    process must exit cleanly."""
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(workers, timeout=120)
-    processes = [context.Process(target=append_to_inference_log, args=(str(path), worker, requests, rows, barrier))
-                 for worker in range(workers)]
+    barrier = context.Barrier(len(arguments), timeout=120)
+    processes = [context.Process(target=target, args=(*values, barrier)) for values in arguments]
     for process in processes:
         process.start()
     for process in processes:
         process.join(timeout=180)
         assert process.exitcode == 0
+
+
+def test_concurrent_server_workers_all_land_in_the_wal_log(tmp_path: Path) -> None:
+    path, workers, requests, rows = tmp_path / "inference.db", 4, 25, 8
+    run_at_once(append_to_inference_log, [(str(path), worker, requests, rows) for worker in range(workers)])
     assert len(read_log(path)) == workers * requests * rows
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_workers_that_open_a_new_log_at_once_all_get_it(tmp_path: Path) -> None:
     """The WAL switch on a new file used to fail one in five such races with "database is locked"."""
-    workers, logs = 4, 40
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(workers, timeout=120)
-    processes = [context.Process(target=open_fresh_logs, args=(str(tmp_path), logs, barrier))
-                 for _ in range(workers)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=180)
-        assert process.exitcode == 0
+    logs = 40
+    run_at_once(open_fresh_logs, [(str(tmp_path), logs)] * 4)
     modes = {sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] for path in tmp_path.glob("*.db")}
     assert len(list(tmp_path.glob("*.db"))) == logs and modes == {"wal"}
 
