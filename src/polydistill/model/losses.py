@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 LayerMap = Sequence[tuple[int, int]]
 IGNORE_LABEL = -100  # a row without a gold label (PyTorch's ignore_index convention)
+PROBABILITY_FLOOR = 1e-12  # attention probabilities are clamped here before their log (a padded key's is 0)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def attention_map_loss(
         if student_map.shape != teacher_map.shape:
             raise ValueError(f"attention maps differ in shape ({tuple(student_map.shape)} vs "
                              f"{tuple(teacher_map.shape)}): tokenize both models identically")
-        per_query = F.kl_div(student_map.clamp_min(1e-12).log(), teacher_map, reduction="none").sum(dim=-1)
+        per_query = F.kl_div(student_map.clamp_min(PROBABILITY_FLOOR).log(), teacher_map, reduction="none").sum(dim=-1)
         pair_losses.append((per_query * queries).sum() / queries.sum())
     return torch.stack(pair_losses).mean()
 

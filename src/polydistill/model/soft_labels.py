@@ -32,6 +32,7 @@ SPLIT_FILES = {"transfer": "transfer.parquet", "validation": "validation.parquet
 FINGERPRINT_FILE = "fingerprint.json"
 LOGIT_COLUMNS = ("transformer_logits", "tfidf_log_probs", "teacher_logits")
 MIXTURE_TOLERANCE = 1e-3  # stored float32 logits vs the mixture recomputed from the stored float32 members
+PROBABILITY_FLOOR = 1e-12  # probabilities are clipped here before their log (TF-IDF can give a class 0)
 
 
 class SoftLabelMismatch(ValueError):
@@ -108,7 +109,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def mix(transformer_logits: np.ndarray, tfidf_probabilities: np.ndarray, weight: float) -> np.ndarray:
     """log(w·softmax(transformer) + (1 − w)·p_tfidf): the ensemble teacher's logits."""
     probabilities = weight * softmax(transformer_logits) + (1.0 - weight) * tfidf_probabilities
-    return np.log(np.clip(probabilities, 1e-12, None))
+    return np.log(np.clip(probabilities, PROBABILITY_FLOOR, None))
 
 
 def mixture_log_loss(labels: np.ndarray, mixed_logits: np.ndarray) -> float:
@@ -449,5 +450,5 @@ def split_arrays(frame: pd.DataFrame, transformer: dict[str, np.ndarray], tfidf:
     for lang in frame["lang"].unique():
         mask = (frame["lang"] == lang).to_numpy()
         combined[mask] = mix(logits[mask], probabilities[mask], weights["weights"][lang])
-    return {"transformer_logits": logits, "tfidf_log_probs": np.log(np.clip(probabilities, 1e-12, None)),
+    return {"transformer_logits": logits, "tfidf_log_probs": np.log(np.clip(probabilities, PROBABILITY_FLOOR, None)),
             "teacher_logits": combined}
