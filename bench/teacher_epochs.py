@@ -53,17 +53,16 @@ def longer_teacher(epochs: float, params: dict[str, Any], max_steps: int | None)
 
 
 def pipeline_teacher() -> tuple[Path, float]:
-    """The default run's teacher and its fine-tuning seconds (the last evaluation's clock)."""
+    """The default run's teacher and its fine-tuning seconds (as the stage recorded them)."""
     metrics = json.loads(require(REPO_ROOT / "metrics/teacher.json", "make run").read_text(encoding="utf-8"))
-    return REPO_ROOT / "models/teacher", float(metrics["history"][-1]["seconds"])
+    return REPO_ROOT / "models/teacher", float(metrics["seconds"])
 
 
-def split_scores(teacher_dir: Path, frames: dict[str, pd.DataFrame], tfidf: dict[str, np.ndarray],
+def split_scores(teacher_dir: Path, frames: dict[str, pd.DataFrame], member: dict[str, np.ndarray],
                  settings: SoftLabelSettings, labels: list[str], grid: list[float]) -> dict[str, Any]:
-    """One language: the transformer's and the ensemble's probabilities on validation and test, the ensemble weight
-    chosen on validation log-loss."""
+    """One language: the transformer's and the ensemble's probabilities on validation and test (`member`: TF-IDF's
+    probabilities per split), the ensemble weight chosen on validation log-loss."""
     logits = {split: transformer_logits(teacher_dir, teacher_dir, frame, settings) for split, frame in frames.items()}
-    member = {split: np.stack([tfidf[row] for row in frame["id"]]) for split, frame in frames.items()}
     weight, _ = choose_weight(gold_codes(frames["validation"], labels), logits["validation"], member["validation"],
                               grid)
     return {"weight": weight,
@@ -79,17 +78,17 @@ def measure_language(frames: dict[str, pd.DataFrame], teachers: dict[str, Path],
                      settings: SoftLabelSettings, labels: list[str], grid: list[float]) -> dict[str, Any]:
     """Per teacher: validation and test macro-F1 of both members' mixture and the transformer alone, and the
     ensemble's paired test margin over TF-IDF."""
-    tfidf_test = np.stack([tfidf[row] for row in frames["test"]["id"]])
+    member = {split: np.stack([tfidf[row] for row in frame["id"]]) for split, frame in frames.items()}
     gold_test = gold_codes(frames["test"], labels)
-    result: dict[str, Any] = {"tfidf": {split: macro_f1(frame, np.stack([tfidf[row] for row in frame["id"]]), labels)
+    result: dict[str, Any] = {"tfidf": {split: macro_f1(frame, member[split], labels)
                                         for split, frame in frames.items()}}
     for name, teacher_dir in teachers.items():
-        scores = split_scores(teacher_dir, frames, tfidf, settings, labels, grid)
+        scores = split_scores(teacher_dir, frames, member, settings, labels, grid)
         result[name] = {
             "weight": scores["weight"],
             **{f"{member}_{split}": macro_f1(frames[split], scores[member][split], labels)
                for member in ("transformer", "ensemble") for split in frames},
-            "over_tfidf": paired_bootstrap_difference(gold_test, scores["ensemble"]["test"], tfidf_test,
+            "over_tfidf": paired_bootstrap_difference(gold_test, scores["ensemble"]["test"], member["test"],
                                                       BOOTSTRAP_SAMPLES, CONFIDENCE, SEED),
         }
     return result
@@ -148,7 +147,7 @@ def summarise(results: dict[str, dict[str, Any]], teachers: list[str], seconds: 
     chosen = preferred_on_validation(results, teachers)
     return {
         "name": "teacher_epochs", "title": "19. A longer teacher fine-tuning and the headroom over TF-IDF",
-        "config": sizes, "results": results, "seconds": seconds, "preferred_on_validation": chosen,
+        "config": sizes, "results": results, "fine_tuning_seconds": seconds, "preferred_on_validation": chosen,
         "tables": [
             {"title": "Per language: macro-F1 of the transformer and of the ensemble teacher (weight chosen on "
                       "validation log-loss), the ensemble's paired test margin over TF-IDF (95% interval) and the "
