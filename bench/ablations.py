@@ -22,7 +22,7 @@ from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, load_project_params, require, target
 from bench.seeds import gold_codes, pipeline_paths, predictions
-from polydistill.model.distill import distill_language
+from polydistill.model.distill import DistillSettings, distill_language
 from polydistill.model.metrics import SpeedSettings, bootstrap_macro_f1, measure_speeds, percentile_interval
 from polydistill.model.runtime import RUNTIMES, load_text_classifier
 from polydistill.model.soft_labels import SoftLabelSettings
@@ -68,8 +68,8 @@ def train_configuration(name: str, student: dict[str, Any], seed: int, lang: str
     if sizes["epochs"]:
         settings["train"]["epochs"] = sizes["epochs"]
     paths = pipeline_paths(lang, REPO_ROOT / ".cache/bench/shapes" / name / str(seed))
-    report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(params["soft_labels"]),
-                              params["data"]["labels"])
+    report = distill_language(lang, paths, DistillSettings.from_params(settings),
+                              SoftLabelSettings.from_params(params["soft_labels"]), params["data"]["labels"])
     labels = params["data"]["labels"]
     frames = {split: splits[split][splits[split]["lang"] == lang] for split in ("validation", "test")}
     predicted = {(split, runtime): predictions(paths["output"] / "kd", frame, settings, runtime)

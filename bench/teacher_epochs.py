@@ -33,6 +33,7 @@ from polydistill.model.soft_labels import (
     transformer_logits,
 )
 from polydistill.model.teacher import train_teacher
+from polydistill.model.training import TrainSettings
 
 SIZES = {"quick": {"epochs": [2.0], "max_steps": 4, "languages": ["es"]},
          "full": {"epochs": [2.0], "max_steps": None, "languages": None}}
@@ -43,7 +44,8 @@ OUTPUT = REPO_ROOT / ".cache/bench/teacher_epochs"
 def longer_teacher(epochs: float, params: dict[str, Any], max_steps: int | None) -> tuple[Path, float]:
     """The teacher fine-tuned for `epochs` with params.yaml's other settings (evaluated only at its last step, as
     select_by last keeps it); its folder and fine-tuning seconds. A killed run resumes from its checkpoint."""
-    settings = {**params["teacher"], "epochs": epochs, "max_steps": max_steps, "eval_every": 10**9}
+    settings = TrainSettings.from_params({**params["teacher"], "epochs": epochs, "max_steps": max_steps,
+                                          "eval_every": 10**9})
     output = OUTPUT / f"teacher-{epochs:g}-epochs"
     metrics = train_teacher(require(REPO_ROOT / "models/pretrained", "make run"),
                             REPO_ROOT / "data/balanced/teacher.parquet", REPO_ROOT / "data/prepared/validation.parquet",

@@ -24,7 +24,7 @@ from bench.common import REPO_ROOT, load_project_params, require
 from bench.seeds import macro_f1, mean_sd, pipeline_paths
 from bench.variants import choose_beyond_noise
 from polydistill.data.transfer import AUGMENTED, LABELLED
-from polydistill.model.distill import distill_language
+from polydistill.model.distill import DistillSettings, distill_language
 from polydistill.model.soft_labels import SoftLabelSettings, select_transfer_rows
 
 SIZES = {"quick": {"languages": ["es"], "epochs": 1, "seeds": 1},
@@ -70,7 +70,7 @@ def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
                 settings["train"]["epochs"] = sizes["epochs"]
             for index, (name, frame) in enumerate(sets.items()):
                 paths = configuration_paths(lang, index, frame, scratch / lang / str(index) / str(seed))
-                distilled = distill_language(lang, paths, settings, soft_settings, labels)
+                distilled = distill_language(lang, paths, DistillSettings.from_params(settings), soft_settings, labels)
                 results[lang][name].append({
                     "rows": frame["source"].str.split(":").str[0].value_counts().to_dict(),
                     "vocab_size": distilled["student"]["vocab_size"],

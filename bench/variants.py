@@ -29,7 +29,7 @@ import pandas as pd
 from bench.adaptive import choose, held_out_splits, macro_f1
 from bench.common import REPO_ROOT, load_project_params
 from bench.seeds import pipeline_paths
-from polydistill.model.distill import distill_language
+from polydistill.model.distill import DistillSettings, distill_language
 from polydistill.model.runtime import probabilities_from_model
 from polydistill.model.soft_labels import SoftLabelSettings
 
@@ -65,8 +65,8 @@ def seed_scores(name: str, lang: str, variant: str, overrides: Overrides, seed: 
     if epochs:
         settings["train"]["epochs"] = epochs
     paths = pipeline_paths(lang, REPO_ROOT / ".cache/bench" / name / variant / str(seed))
-    report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(params["soft_labels"]),
-                              params["data"]["labels"])
+    report = distill_language(lang, paths, DistillSettings.from_params(settings),
+                              SoftLabelSettings.from_params(params["soft_labels"]), params["data"]["labels"])
     runtime = params["registry"]["router"]["runtime"]
     scores: dict[str, Any] = {student: {split: macro_f1(probabilities_from_model(
         paths["output"] / student, frame["text"].tolist(), settings["train"]["max_length"],

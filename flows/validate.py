@@ -9,8 +9,8 @@ from tasks.data import validate_task
 @flow(name="validate")
 def validate_flow() -> dict:
     root, params = stage_context()
-    settings = {**params["validate"], "languages": params["data"]["languages"], "labels": params["data"]["labels"]}
-    return validate_task(root / "data/prepared", settings, root / "gx", root / "data/validation/report.json")
+    return validate_task(root / "data/prepared", params["validate"], params["data"]["languages"],
+                         params["data"]["labels"], root / "gx", root / "data/validation/report.json")
 
 
 if __name__ == "__main__":

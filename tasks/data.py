@@ -15,9 +15,10 @@ from tasks.retry import retry_transient
       retry_condition_fn=retry_transient)
 def fetch_task(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, root: Path) -> dict:
     """Download (embedded) or read (user data) the corpus into output_dir."""
-    from polydistill.data.ingest import acquire_corpus
+    from polydistill.data.archives import FetchSettings
+    from polydistill.data.ingest import DataSettings, acquire_corpus
 
-    provenance = acquire_corpus(data, fetch, output_dir, root)
+    provenance = acquire_corpus(DataSettings.from_params(data), FetchSettings(**fetch), output_dir, root)
     get_run_logger().info("raw corpus written to %s", output_dir)
     return provenance
 
@@ -25,20 +26,21 @@ def fetch_task(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, ro
 @task(name="prepare")
 def prepare_task(raw_path: Path, output_dir: Path, summary_path: Path, settings: dict[str, Any]) -> dict:
     """Normalise, deduplicate and split."""
-    from polydistill.data.prepare import prepare_corpus
+    from polydistill.data.prepare import PrepareSettings, prepare_corpus
 
-    summary = prepare_corpus(raw_path, output_dir, summary_path, settings)
+    summary = prepare_corpus(raw_path, output_dir, summary_path, PrepareSettings(**settings))
     get_run_logger().info("removed %d duplicates, %d conflicting rows; splits in %s",
                           summary["duplicates_removed"], summary["conflicting_rows_dropped"], output_dir)
     return summary
 
 
 @task(name="validate")
-def validate_task(prepared_dir: Path, settings: dict[str, Any], gx_root: Path, report_path: Path) -> dict:
+def validate_task(prepared_dir: Path, settings: dict[str, Any], languages: list[str], labels: list[str],
+                  gx_root: Path, report_path: Path) -> dict:
     """Run the Great Expectations suite; raises DataValidationError on any failed expectation."""
-    from polydistill.data.validate import validate_prepared
+    from polydistill.data.validate import ValidateSettings, validate_prepared
 
-    report = validate_prepared(prepared_dir, settings, gx_root, report_path)
+    report = validate_prepared(prepared_dir, ValidateSettings(**settings), languages, labels, gx_root, report_path)
     get_run_logger().info("all expectations passed; report at %s", report_path)
     return report
 
@@ -47,6 +49,6 @@ def validate_task(prepared_dir: Path, settings: dict[str, Any], gx_root: Path, r
 def balance_task(train_path: Path, output_dir: Path, report_path: Path, plot_dir: Path,
                  settings: dict[str, Any]) -> dict:
     """Temperature-sample the teacher and transfer sets."""
-    from polydistill.data.balance import balance_sets
+    from polydistill.data.balance import BalanceSettings, balance_sets
 
-    return balance_sets(train_path, output_dir, report_path, plot_dir, settings)
+    return balance_sets(train_path, output_dir, report_path, plot_dir, BalanceSettings.from_params(settings))

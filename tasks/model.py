@@ -33,9 +33,10 @@ def pretrained_task(model_ref: str, output_dir: Path, cache_dir: Path, labels: l
 def baseline_task(train_path: Path, validation_path: Path, output_dir: Path, metrics_path: Path,
                   labels: list[str], settings: dict[str, Any]) -> dict:
     """Fit the TF-IDF + logistic regression baseline per language."""
-    from polydistill.model.tfidf import fit_baselines
+    from polydistill.model.tfidf import TfidfSettings, fit_baselines
 
-    metrics = fit_baselines(train_path, validation_path, output_dir, metrics_path, labels, settings)
+    metrics = fit_baselines(train_path, validation_path, output_dir, metrics_path, labels,
+                            TfidfSettings.from_params(settings))
     get_run_logger().info("TF-IDF validation macro-F1: %s",
                           {lang: entry["validation_macro_f1"] for lang, entry in metrics.items()})
     return metrics
@@ -46,9 +47,10 @@ def train_teacher_task(pretrained_dir: Path, teacher_set_path: Path, validation_
                        metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str]) -> dict:
     """Fine-tune the teacher (resuming from its last checkpoint if a previous run was killed)."""
     from polydistill.model.teacher import train_teacher
+    from polydistill.model.training import TrainSettings
 
     metrics = train_teacher(pretrained_dir, teacher_set_path, validation_path, output_dir, metrics_path,
-                            work_root, settings, labels)
+                            work_root, TrainSettings.from_params(settings), labels)
     get_run_logger().info("teacher best at step %d: validation macro-F1 %s", metrics["best_step"],
                           metrics["validation_macro_f1"])
     create_table_artifact([{"language": lang, "validation macro-F1": round(score, 4)}
@@ -64,9 +66,10 @@ def fold_teachers_task(pretrained_dir: Path, teacher_set_path: Path, validation_
                        folds: int) -> dict:
     """Fine-tune the teacher's fold twins (each resuming from its last checkpoint if a previous run was killed)."""
     from polydistill.model.fold_teachers import train_fold_teachers
+    from polydistill.model.training import TrainSettings
 
     report = train_fold_teachers(pretrained_dir, teacher_set_path, validation_path, output_dir, metrics_path,
-                                 work_root, settings, labels, folds)
+                                 work_root, TrainSettings.from_params(settings), labels, folds)
     for twin in report["twins"]:
         get_run_logger().info("fold twin %d (%d rows) best at step %d of %d: validation macro-F1 %s", twin["fold"],
                               twin["train_rows"], twin["best_step"], twin["steps"], twin["validation_macro_f1"])
@@ -118,10 +121,11 @@ def soft_labels_task(teacher_dir: Path, fold_teachers_dir: Path, tfidf_dir: Path
 def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], soft_label_settings: dict[str, Any],
                  labels: list[str]) -> dict:
     """Distil the KD student and train the CE-only student of one language."""
-    from polydistill.model.distill import distill_language
+    from polydistill.model.distill import DistillSettings, distill_language
     from polydistill.model.soft_labels import SoftLabelSettings
 
-    report = distill_language(lang, paths, settings, SoftLabelSettings.from_params(soft_label_settings), labels)
+    report = distill_language(lang, paths, DistillSettings.from_params(settings),
+                              SoftLabelSettings.from_params(soft_label_settings), labels)
     get_run_logger().info("%s students: KD %.4f, CE %.4f (validation macro-F1 of the kept step), %d params", lang,
                           report["kd"]["best_validation_macro_f1"], report["ce"]["best_validation_macro_f1"],
                           report["student"]["total_params"])
@@ -139,19 +143,20 @@ def distill_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], so
 def evaluate_quality_task(lang: str, paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
                           max_length: int, mode: str, runtime: str) -> LanguageQuality:
     """One language's systems on its test split: quality with CIs, retention, KD gain, segmentation, errors."""
-    from polydistill.model.evaluate import evaluate_language_quality
+    from polydistill.model.evaluate import EvaluateSettings, evaluate_language_quality
 
     with logged_placement(f"evaluate:{lang}"):
-        return evaluate_language_quality(lang, paths, settings, labels, max_length, mode, runtime)
+        return evaluate_language_quality(lang, paths, EvaluateSettings.from_params(settings), labels, max_length,
+                                         mode, runtime)
 
 
 @task(name="evaluate")
 def evaluate_task(qualities: list[LanguageQuality], paths: dict[str, Path], settings: dict[str, Any],
                   labels: list[str], mode: str, runtime: str) -> list[dict]:
     """Every language's speed (serially), then its metrics, plots and the summary."""
-    from polydistill.model.evaluate import finish_evaluation
+    from polydistill.model.evaluate import EvaluateSettings, finish_evaluation
 
-    rows = finish_evaluation(qualities, paths, settings, labels, mode, runtime)
+    rows = finish_evaluation(qualities, paths, EvaluateSettings.from_params(settings), labels, mode, runtime)
     for row in rows:
         get_run_logger().info("%s: teacher %.3f, KD %.3f, CE %.3f, TF-IDF %.3f, retention %.1f%%", row["lang"],
                               row["teacher_macro_f1"], row["kd_macro_f1"], row["ce_macro_f1"],

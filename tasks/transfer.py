@@ -16,9 +16,10 @@ from tasks.retry import retry_transient
 def unlabelled_task(settings: dict[str, Any], fetch: dict[str, Any], languages: list[str], output_dir: Path,
                     root: Path) -> dict:
     """Fetch (embedded) or read (a user's file) unlabelled in-language text into output_dir."""
-    from polydistill.data.unlabelled import acquire_unlabelled
+    from polydistill.data.archives import FetchSettings
+    from polydistill.data.unlabelled import UnlabelledSettings, acquire_unlabelled
 
-    provenance = acquire_unlabelled(settings, fetch, languages, output_dir, root)
+    provenance = acquire_unlabelled(UnlabelledSettings(**settings), FetchSettings(**fetch), languages, output_dir, root)
     get_run_logger().info("unlabelled texts per source: %s",
                           {name: entry["rows_written"] for name, entry in provenance["sources"].items()})
     return provenance

@@ -16,8 +16,10 @@ from tasks.retry import retry_transient
 def word_frequencies_task(settings: dict[str, Any], fetch: dict[str, Any], languages: list[str], output_dir: Path,
                           root: Path) -> dict:
     """Fetch (embedded) or read (a user's file) the languages' word frequency lists into output_dir."""
+    from polydistill.data.archives import FetchSettings
     from polydistill.data.word_frequencies import WordFrequencySettings, acquire_word_frequencies
 
-    provenance = acquire_word_frequencies(WordFrequencySettings(**settings), fetch, languages, output_dir, root)
+    provenance = acquire_word_frequencies(WordFrequencySettings(**settings), FetchSettings(**fetch), languages,
+                                          output_dir, root)
     get_run_logger().info("words per language: %s", provenance["words_per_language"])
     return provenance

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES, fixture_params
 
-from polydistill.data.ingest import CorpusLoadError, acquire_corpus, read_user_corpus
-from polydistill.data.prepare import prepare_corpus
-from polydistill.data.validate import DataValidationError, validate_prepared
+from polydistill.data.archives import FetchSettings
+from polydistill.data.ingest import CorpusLoadError, DataSettings, acquire_corpus, read_user_corpus
+from polydistill.data.prepare import PrepareSettings, prepare_corpus
+from polydistill.data.validate import DataValidationError, ValidateSettings, validate_prepared
 
 Rows = list[dict]
 
@@ -34,11 +35,12 @@ def run_data_plane(root: Path, rows: Rows | bytes, gx_root: Path, params: dict) 
     else:
         corpus.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     params["data"]["path"] = "corpus.jsonl"
-    acquire_corpus(params["data"], params["fetch"], root / "raw", root)
-    prepare_corpus(root / "raw/corpus.jsonl", root / "prepared", root / "prepare.json", params["prepare"])
-    settings = {**params["validate"], "languages": params["data"]["languages"], "labels": params["data"]["labels"]}
+    acquire_corpus(DataSettings.from_params(params["data"]), FetchSettings(**params["fetch"]), root / "raw", root)
+    prepare_corpus(root / "raw/corpus.jsonl", root / "prepared", root / "prepare.json",
+                   PrepareSettings(**params["prepare"]))
     report = root / "report.json"
-    validate_prepared(root / "prepared", settings, gx_root, report)
+    validate_prepared(root / "prepared", ValidateSettings(**params["validate"]), params["data"]["languages"],
+                      params["data"]["labels"], gx_root, report)
     return report
 
 
@@ -94,9 +96,9 @@ def test_text_in_two_splits_fails_validation(tmp_path: Path, gx_root: Path) -> N
     test = pd.read_parquet(tmp_path / "prepared/test.parquet")
     leaked = train.iloc[[0]].assign(id="leaked-row")
     pd.concat([test, leaked]).to_parquet(tmp_path / "prepared/test.parquet", index=False)
-    settings = {**params["validate"], "languages": ["en", "sl", "zh"], "labels": params["data"]["labels"]}
     with pytest.raises(DataValidationError, match="splits_sharing_text"):
-        validate_prepared(tmp_path / "prepared", settings, gx_root, report)
+        validate_prepared(tmp_path / "prepared", ValidateSettings(**params["validate"]), ["en", "sl", "zh"],
+                          params["data"]["labels"], gx_root, report)
     assert not report.exists()
 
 
@@ -128,5 +130,5 @@ def test_a_byte_order_mark_and_float_labels_are_read(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows).encode())
     data = {**fixture_params(["en"])["data"], "source": "file", "path": str(path), "format": "jsonl",
             "label_map": {0: "negative", 1: "positive"}}
-    frame = read_user_corpus(data, tmp_path)
+    frame = read_user_corpus(DataSettings.from_params(data), tmp_path)
     assert frame["label"].tolist() == ["negative", "positive"] * 2 and frame["text"][0] == "text number 0"

@@ -17,10 +17,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from polydistill.data.text_key import comparison_key
 from polydistill.data.transfer import TransferSettings, compose_transfer
 from polydistill.model.distill import (
+    DistillSettings,
     distill_language,
     distillation_loss_for,
     encode_frame,
-    language_settings,
     with_class_weights,
 )
 from polydistill.model.soft_labels import SoftLabelSettings, generate_soft_labels
@@ -77,17 +77,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def distill_settings(**overrides) -> dict:
+def distill_settings(**overrides) -> DistillSettings:
     settings = copy.deepcopy(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["distill"])
     settings.update(threads=1, **{"per_language": {}, **overrides})  # committed per-language choices hide changes
     settings["student"]["layers"] = [0, 3]
     settings["student"]["narrow"].update(hidden_size=16, num_heads=2, intermediate_size=32, sample_texts=64)
     settings["train"].update(QUICK)
     settings["independent_teacher"].update(QUICK, threads=1)
-    return settings
+    return DistillSettings.from_params(settings)
 
 
-def run(workspace: dict[str, Path], tmp_path: Path, lang: str, settings: dict) -> dict:
+def run(workspace: dict[str, Path], tmp_path: Path, lang: str, settings: DistillSettings) -> dict:
     paths = {**workspace, "output": tmp_path / "students" / lang, "metrics": tmp_path / f"{lang}.json",
              "work": tmp_path / "runs"}
     report = distill_language(lang, paths, settings, SOFT, LABELS)
@@ -137,7 +137,7 @@ def test_a_student_with_every_teacher_layer_starts_at_zero_hidden_and_attention_
     teacher = AutoModelForSequenceClassification.from_pretrained(workspace["teacher"])
     every_layer = list(range(teacher.config.num_hidden_layers))
     info = build_student_from_teacher(workspace["teacher"], texts, every_layer, tmp_path / "student")
-    settings = {"alpha": 0.5, "temperature": 2.0, "hidden_loss_weight": 1.0, "attention_loss_weight": 1.0}
+    settings = distill_settings(alpha=0.5, temperature=2.0, hidden_loss_weight=1.0, attention_loss_weight=1.0)
     loss = distillation_loss_for("kd", settings, workspace["teacher"], tmp_path / "student", info)
     assert loss.needs_attentions
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student",
@@ -213,6 +213,6 @@ def test_a_per_language_temperature_is_the_run_of_that_temperature_set_for_all(w
     assert len(list(runs.glob("student-zh-kd-*"))) == 2 and len(list(runs.glob("student-zh-ce-*"))) == 1
     globally = run(workspace, tmp_path, "zh", distill_settings(mode="shared", temperature=4.0))
     assert len(list(runs.glob("student-zh-kd-*"))) == 2 and globally["kd"] == adapted["kd"]
-    assert language_settings(distill_settings(per_language={"zh": {"alpha": 0.2}}), "en")["alpha"] == 0.7
+    assert distill_settings(per_language={"zh": {"alpha": 0.2}}).for_language("en").alpha == 0.7
     with pytest.raises(ValueError, match="only"):
-        language_settings(distill_settings(per_language={"zh": {"epochs": 2}}), "zh")
+        distill_settings(per_language={"zh": {"epochs": 2}})

@@ -22,6 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from polydistill.faults import KILL_AT_VARIABLE
 from polydistill.model.distributed import Ranks, launch
 from polydistill.model.teacher import fine_tune
+from polydistill.model.training import TrainSettings
 
 LABELS = ["negative", "positive"]
 
@@ -63,10 +64,10 @@ def fixture_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     return corpus[~held_out].reset_index(drop=True), corpus[held_out].reset_index(drop=True)
 
 
-def teacher_settings(processes: int) -> dict:
-    return dict(threads=2, processes=processes, max_length=64, batch_size=16, learning_rate=3e-3, warmup_ratio=0.1,
-                epochs=12, weight_decay=0.01, eval_every=10, patience=100, checkpoint_every=5, seed=7,
-                bucket_batches=4, eval_batch_size=32)
+def teacher_settings(processes: int) -> TrainSettings:
+    return TrainSettings(threads=2, processes=processes, max_length=64, batch_size=16, learning_rate=3e-3,
+                         warmup_ratio=0.1, epochs=12, weight_decay=0.01, eval_every=10, patience=100,
+                         checkpoint_every=5, seed=7, bucket_batches=4, eval_batch_size=32)
 
 
 def train(tiny_teacher: Path, folder: Path, processes: int) -> dict:

@@ -26,6 +26,7 @@ from polydistill.model.soft_labels import (
     load_soft_labels,
     teacher_fingerprint,
 )
+from polydistill.model.training import TrainSettings
 
 LABELS = ["negative", "positive"]
 FOLDS = 2
@@ -34,10 +35,11 @@ SETTINGS = SoftLabelSettings(ensemble=False, weight_grid=(1.0,), cross_fit_folds
 TEXTS = fixture_texts()
 
 
-def teacher_settings() -> dict:
+def teacher_settings() -> TrainSettings:
     settings = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))["teacher"]
-    return {**settings, "threads": 1, "max_length": 32, "batch_size": 8, "epochs": 2, "learning_rate": 1e-3,
-            "eval_every": 5, "checkpoint_every": 5, "eval_rows_per_language": 0, "freeze_word_embeddings": False}
+    return TrainSettings.from_params({**settings, "threads": 1, "max_length": 32, "batch_size": 8, "epochs": 2,
+                                      "learning_rate": 1e-3, "eval_every": 5, "checkpoint_every": 5,
+                                      "eval_rows_per_language": 0, "freeze_word_embeddings": False})
 
 
 def rows(prefix: str, start: int, count: int) -> pd.DataFrame:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from polydistill.data.prepare import SPLITS, prepare_corpus
+from polydistill.data.prepare import SPLITS, PrepareSettings, prepare_corpus
 
-SETTINGS = {"seed": 3, "validation_fraction": 0.1, "test_fraction": 0.2, "conflicting_labels": "drop"}
+SETTINGS = PrepareSettings(seed=3, validation_fraction=0.1, test_fraction=0.2, conflicting_labels="drop")
 
 
 def write_raw(path: Path, rows: list[dict]) -> Path:
@@ -41,7 +42,7 @@ def test_dedupes_strips_and_drops_conflicting_texts(tmp_path: Path) -> None:
 def test_keep_policy_leaves_conflicts_for_validation(tmp_path: Path) -> None:
     rows = [{"text": "好评", "label": label, "lang": "zh", "source": "s"} for label in ("positive", "negative")]
     summary = prepare_corpus(write_raw(tmp_path / "raw.jsonl", rows), tmp_path / "out", tmp_path / "s.json",
-                             {**SETTINGS, "conflicting_labels": "keep"})
+                             replace(SETTINGS, conflicting_labels="keep"))
     assert summary["conflicting_rows"] == 2 and summary["conflicting_rows_dropped"] == 0
     assert len(read_splits(tmp_path / "out")) == 2
 
@@ -77,7 +78,7 @@ def test_near_duplicates_stay_in_one_split(tmp_path: Path) -> None:
         rows += [{"text": text, "label": label, "lang": "en", "source": "s"} for text in group]
     for seed in range(8):
         summary = prepare_corpus(write_raw(tmp_path / "raw.jsonl", rows), tmp_path / "out", tmp_path / "s.json",
-                                 {**SETTINGS, "seed": seed})
+                                 replace(SETTINGS, seed=seed))
         frame = read_splits(tmp_path / "out").set_index("text")
         assert all(frame.loc[list(group), "split"].nunique() == 1 for group in variants), f"seed {seed}"
         assert summary["near_duplicate_rows"] == 6

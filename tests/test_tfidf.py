@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from tiny_models import TINY_TFIDF_SETTINGS
 
 from polydistill.data.folds import fold_of
 from polydistill.model.tfidf import (
+    TfidfSettings,
     cross_fitted_probabilities,
     cross_validated_macro_f1,
     fit_baselines,
@@ -20,7 +22,7 @@ from polydistill.model.tfidf import (
 
 LABELS = ["negative", "positive"]
 WORDS = {0: ["awful", "dull", "boring", "terrible", "weak"], 1: ["great", "superb", "lovely", "brilliant", "fine"]}
-SETTINGS = {**TINY_TFIDF_SETTINGS, "cv_folds": 4}
+SETTINGS = replace(TINY_TFIDF_SETTINGS, cv_folds=4)
 
 
 def sentiment_texts(rows: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -71,8 +73,8 @@ def test_transfer_rows_are_scored_out_of_fold(tmp_path: Path) -> None:
     fold = fold_of(fitted["id"][row], 3)
     others = fitted["id"].map(lambda row_id: fold_of(row_id, 3)) != fold
     config = json.loads((tmp_path / "tfidf/en/config.json").read_text(encoding="utf-8"))
-    fold_model = fit_fixed(fitted["text"][others].tolist(), labels[:100][others.to_numpy()], config["settings"],
-                           config["C"])
+    fold_model = fit_fixed(fitted["text"][others].tolist(), labels[:100][others.to_numpy()],
+                           TfidfSettings.from_params(config["settings"]), config["C"])
     np.testing.assert_allclose(scored[row], fold_model.probabilities([fitted["text"][row]])[0], rtol=1e-6)
     np.testing.assert_allclose(scored[-1], load_model(tmp_path / "tfidf/en").probabilities(["the meal was lovely"])[0],
                                rtol=1e-6)  # a text outside the train split: the full model

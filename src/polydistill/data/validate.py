@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -35,6 +36,18 @@ FAILED_RESULT_NAME = "last_failed_validation.json"
 SAMPLE_TEXT_CHARS = 80
 
 
+@dataclass(frozen=True)
+class ValidateSettings:
+    """params.yaml validate: text length bounds, minimum rows per language and per (language, label), and how many
+    offending rows a failure shows."""
+
+    min_text_chars: int
+    max_text_chars: int
+    min_rows_per_language: int
+    min_rows_per_label: int
+    sample_rows: int
+
+
 class DataValidationError(RuntimeError):
     """The prepared data broke at least one expectation; the message lists each failure with sample rows."""
 
@@ -47,12 +60,13 @@ class DataValidationError(RuntimeError):
         super().__init__("\n".join(lines))
 
 
-def validate_prepared(prepared_dir: Path, settings: dict[str, Any], gx_root: Path, report_path: Path) -> dict:
+def validate_prepared(prepared_dir: Path, settings: ValidateSettings, languages: Sequence[str],
+                      labels: Sequence[str], gx_root: Path, report_path: Path) -> dict:
     """Validate ``prepared_dir/{train,validation,test}.parquet``; write and return the report, or raise.
 
-    settings: languages, labels, max_text_chars, min_text_chars, min_rows_per_language, min_rows_per_label,
-    sample_rows. On failure the stale ``report_path`` is removed, the full result is written under
-    ``gx_root/gx/uncommitted/`` and DataValidationError is raised. A missing split file raises FileNotFoundError.
+    languages and labels are the configured sets (params.yaml data). On failure the stale ``report_path`` is
+    removed, the full result is written under ``gx_root/gx/uncommitted/`` and DataValidationError is raised. A missing
+    split file raises FileNotFoundError.
     The report holds only what the data decides (its Data Docs path relative to the report's folder, no timings), so
     the same data gives the same bytes in any clone and a rerun leaves the stages after it up to date.
     """
@@ -60,15 +74,15 @@ def validate_prepared(prepared_dir: Path, settings: dict[str, Any], gx_root: Pat
     report_path = Path(report_path)
     report_path.unlink(missing_ok=True)
     rows = read_splits(Path(prepared_dir))
-    counts = language_label_counts(rows, settings["languages"], settings["labels"])
+    counts = language_label_counts(rows, languages, labels)
     frames = {ROWS_NAME: rows, COUNTS_NAME: counts}
-    suites = {ROWS_NAME: row_expectations(settings), COUNTS_NAME: count_expectations(settings)}
+    suites = {ROWS_NAME: row_expectations(settings, languages, labels), COUNTS_NAME: count_expectations(settings)}
 
     context, datasource = open_context(Path(gx_root))
-    results = {name: run_checkpoint(context, datasource, name, suites[name], frame, settings["sample_rows"])
+    results = {name: run_checkpoint(context, datasource, name, suites[name], frame, settings.sample_rows)
                for name, frame in frames.items()}
     docs_index = data_docs_index(context)
-    failures = [describe_failure(result, frames[name], settings["sample_rows"])
+    failures = [describe_failure(result, frames[name], settings.sample_rows)
                 for name, suite_result in results.items() for result in suite_result.results if not result.success]
     if failures:
         result_path = write_failed_results(context, results)
@@ -101,7 +115,7 @@ def read_splits(prepared_dir: Path) -> pd.DataFrame:
     return rows
 
 
-def language_label_counts(rows: pd.DataFrame, languages: list[str], labels: list[str]) -> pd.DataFrame:
+def language_label_counts(rows: pd.DataFrame, languages: Sequence[str], labels: Sequence[str]) -> pd.DataFrame:
     """Rows per configured (language, label) and per language over all splits; zero where absent."""
     grid = pd.MultiIndex.from_product([languages, labels], names=["lang", "label"])
     if {"lang", "label"} <= set(rows.columns):
@@ -113,11 +127,11 @@ def language_label_counts(rows: pd.DataFrame, languages: list[str], labels: list
     return counts
 
 
-def row_expectations(settings: dict[str, Any]) -> list:
+def row_expectations(settings: ValidateSettings, languages: Sequence[str], labels: Sequence[str]) -> list:
     """The expectations every prepared row must meet."""
     import great_expectations.expectations as gxe
 
-    min_chars = max(int(settings["min_text_chars"]), 1)
+    min_chars = max(int(settings.min_text_chars), 1)
     expectations = [gxe.ExpectColumnToExist(column=column, description=f"column '{column}' exists")
                     for column in REQUIRED_COLUMNS]
     expectations += [gxe.ExpectColumnValuesToNotBeNull(column=column, description=f"no null {column}")
@@ -127,11 +141,11 @@ def row_expectations(settings: dict[str, Any]) -> list:
             column="text", regex=non_blank_regex(min_chars),
             description=f"text has at least {min_chars} characters after stripping whitespace"),
         gxe.ExpectColumnValueLengthsToBeBetween(
-            column="text", max_value=settings["max_text_chars"],
-            description=f"text has at most {settings['max_text_chars']} characters"),
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(settings["labels"]),
+            column="text", max_value=settings.max_text_chars,
+            description=f"text has at most {settings.max_text_chars} characters"),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels),
                                         description="label is one of the configured labels"),
-        gxe.ExpectColumnValuesToBeInSet(column="lang", value_set=list(settings["languages"]),
+        gxe.ExpectColumnValuesToBeInSet(column="lang", value_set=list(languages),
                                         description="lang is one of the configured languages"),
         gxe.ExpectColumnValuesToBeUnique(column="id", description="id is unique over all splits"),
         gxe.ExpectColumnValuesToBeBetween(column="splits_sharing_text", min_value=1, max_value=1,
@@ -142,17 +156,17 @@ def row_expectations(settings: dict[str, Any]) -> list:
     return expectations
 
 
-def count_expectations(settings: dict[str, Any]) -> list:
+def count_expectations(settings: ValidateSettings) -> list:
     """The minimum row counts per language and per (language, label)."""
     import great_expectations.expectations as gxe
 
     return [
         gxe.ExpectColumnValuesToBeBetween(
-            column="language_rows", min_value=settings["min_rows_per_language"],
-            description=f"each language has at least {settings['min_rows_per_language']} rows over all splits"),
+            column="language_rows", min_value=settings.min_rows_per_language,
+            description=f"each language has at least {settings.min_rows_per_language} rows over all splits"),
         gxe.ExpectColumnValuesToBeBetween(
-            column="label_rows", min_value=settings["min_rows_per_label"],
-            description=f"each label has at least {settings['min_rows_per_label']} rows per language"),
+            column="label_rows", min_value=settings.min_rows_per_label,
+            description=f"each label has at least {settings.min_rows_per_label} rows per language"),
     ]
 
 

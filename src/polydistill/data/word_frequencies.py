@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from polydistill.data import fetch
-from polydistill.data.archives import PinnedArchive, download_archive, read_member
+from polydistill.data.archives import FetchSettings, PinnedArchive, download_archive, read_member
 
 WORDS_FILE = "words.jsonl"
 
@@ -95,7 +95,7 @@ def _file_rows(path: Path, languages: Sequence[str], max_words: int) -> tuple[li
     return rows, {"file": {"path": str(path), "sha256": sha256_of(path), "words_written": len(rows)}}
 
 
-def acquire_word_frequencies(settings: WordFrequencySettings, fetch_settings: dict[str, Any],
+def acquire_word_frequencies(settings: WordFrequencySettings, fetch_settings: FetchSettings,
                              languages: Sequence[str], output_dir: Path, root: Path) -> dict[str, Any]:
     """Write words.jsonl ({lang, word, frequency}, most frequent first per language) and provenance.json.
 
@@ -104,8 +104,8 @@ def acquire_word_frequencies(settings: WordFrequencySettings, fetch_settings: di
     Nothing is written unless everything was read.
     """
     if settings.source == "embedded":
-        rows, sources = _embedded_rows(languages, settings.max_words, root / fetch_settings["cache_dir"],
-                                       fetch_settings["retries"], fetch_settings["backoff_seconds"])
+        rows, sources = _embedded_rows(languages, settings.max_words, root / fetch_settings.cache_dir,
+                                       fetch_settings.retries, fetch_settings.backoff_seconds)
     elif settings.source == "file":
         rows, sources = _file_rows(root / settings.path, languages, settings.max_words)
     else:

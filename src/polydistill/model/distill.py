@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +54,103 @@ VARIANTS = ("kd", "ce")
 # what the CE-only student does not read
 KD_ONLY_SETTINGS = ("alpha", "temperature", "hidden_loss_weight", "attention_loss_weight")
 PER_LANGUAGE_SETTINGS = ("alpha", "temperature")  # what distill.per_language may set for one language
+MODES = ("shared", "independent")
+STUDENT_KINDS = ("from_teacher", "narrow", "scratch")
 STUDENT_CODE = tuple(Path(__file__).with_name(f"{module}.py")  # the source a student run key covers
                      for module in ("distill", "distributed", "losses", "narrow", "student", "teacher",
                                     "training"))
 
 
-def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: dict[str, Any],
-                  seed: int, max_length: int, words: Sequence[tuple[str, float]] = ()) -> StudentInfo:
+@dataclass(frozen=True)
+class ScratchSettings:
+    """distill.student.scratch: the shape of a randomly initialised student."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """distill.student: how the initial student is built (the narrow shape takes the students' max_length)."""
+
+    kind: str
+    layers: tuple[int, ...]
+    narrow: NarrowSettings
+    vocabulary: VocabularySettings
+    scratch: ScratchSettings
+
+    def __post_init__(self) -> None:
+        if self.kind not in STUDENT_KINDS:
+            raise ValueError(f"unknown distill.student.kind '{self.kind}': use {', '.join(STUDENT_KINDS)}")
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any], max_length: int) -> StudentSettings:
+        return cls(kind=section["kind"], layers=tuple(section["layers"]),
+                   narrow=NarrowSettings(**section["narrow"], max_length=max_length),
+                   vocabulary=VocabularySettings(**section["vocabulary"]),
+                   scratch=ScratchSettings(**section["scratch"]))
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """params.yaml's distill section: the KD loss, the students' shape and training, independent mode's teacher."""
+
+    mode: str
+    alpha: float
+    temperature: float
+    class_weights: str | dict[str, float]
+    class_weight_beta: float
+    hidden_loss_weight: float
+    attention_loss_weight: float
+    threads: int
+    student: StudentSettings
+    train: TrainSettings
+    independent_teacher: TrainSettings
+    per_language: dict[str, dict[str, float]] = field(default_factory=dict)  # {lang: {alpha: …, temperature: …}}
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown distill.mode '{self.mode}': use shared or independent")
+        for lang, overrides in self.per_language.items():
+            unknown = sorted(set(overrides) - set(PER_LANGUAGE_SETTINGS))
+            if unknown:
+                raise ValueError(f"distill.per_language.{lang} sets {unknown}; only {list(PER_LANGUAGE_SETTINGS)} "
+                                 "vary per language")
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> DistillSettings:
+        """The section as params.yaml holds it; the students' TrainSettings run with distill.threads."""
+        train = TrainSettings.from_params({**section["train"], "threads": section["threads"]})
+        shared = {name: section[name] for name in ("mode", "alpha", "temperature", "class_weights",
+                                                   "class_weight_beta", "hidden_loss_weight",
+                                                   "attention_loss_weight", "threads")}
+        return cls(**shared, student=StudentSettings.from_params(section["student"], train.max_length), train=train,
+                   independent_teacher=TrainSettings.from_params(section["independent_teacher"]),
+                   per_language=section.get("per_language") or {})
+
+    def for_language(self, lang: str) -> DistillSettings:
+        """The settings one language trains with: its `per_language` alpha / temperature over the shared ones.
+
+        `per_language` itself is dropped, so a language's run key changes only when its own values change.
+        """
+        return replace(self, per_language={}, **self.per_language.get(lang, {}))
+
+
+def build_student(teacher_dir: Path, texts: list[str], output_dir: Path, student: StudentSettings,
+                  seed: int, words: Sequence[tuple[str, float]] = ()) -> StudentInfo:
     """The initial student for one language, as params.yaml's distill.student describes; its vocabulary from
     texts and the language's word frequency list."""
-    vocabulary = VocabularySettings(**student["vocabulary"])
-    if student["kind"] == "from_teacher":
-        return build_student_from_teacher(teacher_dir, texts, student["layers"], output_dir, vocabulary, words)
-    if student["kind"] == "narrow":
-        narrow = NarrowSettings(**student["narrow"], max_length=max_length)
-        return build_narrow_student(teacher_dir, texts, student["layers"], narrow, output_dir, vocabulary, words)
-    if student["kind"] == "scratch":
-        scratch = student["scratch"]
-        return build_scratch_student(teacher_dir, texts, scratch["hidden_size"], scratch["num_layers"],
-                                     scratch["num_heads"], scratch["intermediate_size"], output_dir, seed,
-                                     vocabulary, words)
-    raise ValueError(f"unknown distill.student.kind '{student['kind']}': use from_teacher, narrow or scratch")
+    if student.kind == "from_teacher":
+        return build_student_from_teacher(teacher_dir, texts, list(student.layers), output_dir, student.vocabulary,
+                                          words)
+    if student.kind == "narrow":
+        return build_narrow_student(teacher_dir, texts, list(student.layers), student.narrow, output_dir,
+                                    student.vocabulary, words)
+    scratch = student.scratch
+    return build_scratch_student(teacher_dir, texts, scratch.hidden_size, scratch.num_layers, scratch.num_heads,
+                                 scratch.intermediate_size, output_dir, seed, student.vocabulary, words)
 
 
 class KnowledgeDistillationLoss:
@@ -137,12 +214,11 @@ class KnowledgeDistillationLoss:
 
 
 def train_student(initial_dir: Path, train: pd.DataFrame, teacher_logits: np.ndarray | None,
-                  validation: pd.DataFrame, output_dir: Path, work_dir: Path, settings: dict[str, Any],
+                  validation: pd.DataFrame, output_dir: Path, work_dir: Path, train_settings: TrainSettings,
                   labels: list[str], loss: KnowledgeDistillationLoss | None, task: str) -> dict[str, Any]:
     """Train a copy of the initial student (KD when loss is given, else CE) and keep its best checkpoint."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    train_settings = TrainSettings.from_params(settings["train"])
     tokenizer = AutoTokenizer.from_pretrained(initial_dir)
     model = AutoModelForSequenceClassification.from_pretrained(initial_dir)
     if loss is not None and loss.extra_parameters():
@@ -180,14 +256,13 @@ def encode_transfer(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_
 
 
 def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frames: dict[str, pd.DataFrame],
-                     teacher_set: pd.DataFrame, output_dir: Path, work_root: Path, settings: dict[str, Any],
+                     teacher_set: pd.DataFrame, output_dir: Path, work_root: Path, teacher_settings: TrainSettings,
                      soft_label_settings: SoftLabelSettings, labels: list[str]) -> tuple[Path, Path, dict]:
     """independent mode: fine-tune the teacher on one language, then generate its own soft labels (it has no fold
     twins: it scores the transfer rows it was fine-tuned on)."""
-    teacher_settings = settings["independent_teacher"]
     lang_teacher_dir = output_dir / "teacher"
     rows = teacher_set[teacher_set["lang"] == lang]
-    key = run_key({**teacher_settings, "labels": labels}, [teacher_dir / "model.safetensors", rows,
+    key = run_key({**asdict(teacher_settings), "labels": labels}, [teacher_dir / "model.safetensors", rows,
                                                            frames["validation"]], TEACHER_CODE)
     metrics = fine_tune(teacher_dir, rows, frames["validation"], lang_teacher_dir,
                         work_root / f"teacher-{lang}-{key}", teacher_settings, labels, task=f"{lang} teacher")
@@ -198,20 +273,7 @@ def language_teacher(lang: str, teacher_dir: Path, tfidf_dir: Path | None, frame
     return lang_teacher_dir, soft_dir, metrics
 
 
-def language_settings(settings: dict[str, Any], lang: str) -> dict[str, Any]:
-    """The distill settings one language trains with: its `per_language` alpha / temperature over the shared ones.
-
-    `per_language` itself is dropped, so a language's run key changes only when its own values change.
-    """
-    overrides = (settings.get("per_language") or {}).get(lang, {})
-    unknown = sorted(set(overrides) - set(PER_LANGUAGE_SETTINGS))
-    if unknown:
-        raise ValueError(f"distill.per_language.{lang} sets {unknown}; only {list(PER_LANGUAGE_SETTINGS)} vary "
-                         "per language")
-    return {**{name: value for name, value in settings.items() if name != "per_language"}, **overrides}
-
-
-def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any],
+def distill_language(lang: str, paths: dict[str, Path], settings: DistillSettings,
                      soft_label_settings: SoftLabelSettings, labels: list[str]) -> dict[str, Any]:
     """Build, distil and CE-train the students of one language; write them and their metrics.
 
@@ -222,35 +284,33 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
     teacher, fold_teachers, tfidf, soft_labels, transfer, pool, labelled_transfer, teacher_set, train, validation,
     test, output, metrics, work, and optionally word_frequencies (a word_frequencies stage output).
     """
-    settings = language_settings(settings, lang)
-    torch.set_num_threads(settings["threads"])
+    settings = settings.for_language(lang)
+    torch.set_num_threads(settings.threads)
     names = ("transfer", "labelled_transfer", "pool", "train", "validation", "test")
     read = {name: pd.read_parquet(paths[name]) for name in names}
     frames = {name: frame[frame["lang"] == lang].reset_index(drop=True) for name, frame in read.items()}
     output = paths["output"]
     output.mkdir(parents=True, exist_ok=True)
     teacher_dir, soft_dir = paths["teacher"], paths["soft_labels"]
-    report: dict[str, Any] = {"mode": settings["mode"], "kd_settings": {name: settings[name]
-                                                                        for name in PER_LANGUAGE_SETTINGS}}
-    if settings["mode"] == "independent":
+    report: dict[str, Any] = {"mode": settings.mode, "kd_settings": {name: getattr(settings, name)
+                                                                     for name in PER_LANGUAGE_SETTINGS}}
+    if settings.mode == "independent":
         teacher_dir, soft_dir, report["language_teacher"] = language_teacher(
             lang, paths["teacher"], paths["tfidf"], frames, pd.read_parquet(paths["teacher_set"]), output,
-            paths["work"], settings, soft_label_settings, labels)
+            paths["work"], settings.independent_teacher, soft_label_settings, labels)
         expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"], None)
         transfer_logits = load_soft_labels(soft_dir, "transfer", frames["transfer"], expected)
-    elif settings["mode"] == "shared":
+    else:
         expected = teacher_fingerprint(teacher_dir, labels, soft_label_settings.max_length, paths["tfidf"],
                                        paths["fold_teachers"])
         all_logits = load_soft_labels(soft_dir, "transfer", read["transfer"], expected)
         transfer_logits = all_logits[(read["transfer"]["lang"] == lang).to_numpy()]
-    else:
-        raise ValueError(f"unknown distill.mode '{settings['mode']}': use shared or independent")
 
     vocabulary_texts = pd.concat([frames["train"]["text"], frames["pool"]["text"], frames["transfer"]["text"]])
     words = read_word_frequencies(paths["word_frequencies"], lang) if paths.get("word_frequencies") else []
     info = build_student(teacher_dir, vocabulary_texts.drop_duplicates().tolist(), output / "initial",
-                         settings["student"], settings["train"]["seed"], settings["train"]["max_length"], words)
-    report["student"] = {"kind": settings["student"]["kind"], "vocab_size": info.vocab_size,
+                         settings.student, settings.train.seed, words)
+    report["student"] = {"kind": settings.student.kind, "vocab_size": info.vocab_size,
                          "word_list_words": len(words),
                          "total_params": info.total_params, "non_embedding_params": info.non_embedding_params,
                          "layers": list(info.layers), "hidden_size": info.hidden_size}
@@ -268,24 +328,23 @@ def distill_language(lang: str, paths: dict[str, Path], settings: dict[str, Any]
                                                                       if variant == "kd" else []))
         report[variant] = train_student(output / "initial", train_frame, logits, frames["validation"],
                                         output / variant, paths["work"] / f"student-{lang}-{variant}-{key}",
-                                        settings, labels, loss, task=f"{lang} {variant} student")
+                                        settings.train, labels, loss, task=f"{lang} {variant} student")
     shutil.rmtree(output / "initial")
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     paths["metrics"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
-def with_class_weights(frame: pd.DataFrame, train: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+def with_class_weights(frame: pd.DataFrame, train: pd.DataFrame, settings: DistillSettings) -> pd.DataFrame:
     """The frame with a `weight` column of per-class loss weights (distill.class_weights, from the language's
     train split), or unchanged when there are none."""
-    if settings["class_weights"] == "none":
+    if settings.class_weights == "none":
         return frame
-    weights = class_row_weights(frame["label"], train["label"], settings["class_weights"],
-                                settings["class_weight_beta"])
+    weights = class_row_weights(frame["label"], train["label"], settings.class_weights, settings.class_weight_beta)
     return frame.assign(weight=weights)
 
 
-def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_dir: Path,
+def _student_run_key(variant: str, lang: str, settings: DistillSettings, initial_dir: Path,
                      inputs: list[RunInput]) -> str:
     """The checkpoint key of one student run: its code, its rows and logits, and the settings it reads.
 
@@ -293,22 +352,22 @@ def _student_run_key(variant: str, lang: str, settings: dict[str, Any], initial_
     hidden-state weight finds its finished run and does not train it again. The narrow student's settings count
     only for a narrow student (the initial weights' hash covers the architecture anyway).
     """
-    if settings["student"]["kind"] != "narrow":
-        student = {name: value for name, value in settings["student"].items() if name != "narrow"}
-        settings = {**settings, "student": student}
+    read = asdict(settings)
+    if settings.student.kind != "narrow":
+        read["student"].pop("narrow")
     if variant == "ce":
-        settings = {name: value for name, value in settings.items() if name not in KD_ONLY_SETTINGS}
-    return run_key({**settings, "variant": variant, "lang": lang}, [initial_dir / "model.safetensors", *inputs],
+        read = {name: value for name, value in read.items() if name not in KD_ONLY_SETTINGS}
+    return run_key({**read, "variant": variant, "lang": lang}, [initial_dir / "model.safetensors", *inputs],
                    STUDENT_CODE)
 
 
-def distillation_loss_for(variant: str, settings: dict[str, Any], teacher_dir: Path, initial_dir: Path,
-              info: StudentInfo) -> KnowledgeDistillationLoss | None:
+def distillation_loss_for(variant: str, settings: DistillSettings, teacher_dir: Path, initial_dir: Path,
+                          info: StudentInfo) -> KnowledgeDistillationLoss | None:
     if variant == "ce":
         return None
-    hidden_weight, attention_weight = settings["hidden_loss_weight"], settings["attention_loss_weight"]
+    hidden_weight, attention_weight = settings.hidden_loss_weight, settings.attention_loss_weight
     if hidden_weight <= 0 and attention_weight <= 0:
-        return KnowledgeDistillationLoss(settings["alpha"], settings["temperature"])
+        return KnowledgeDistillationLoss(settings.alpha, settings.temperature)
     if not info.layers:
         raise ValueError("the hidden-state and attention-map terms need a student built from teacher layers "
                          "(from_teacher or narrow)")
@@ -317,5 +376,5 @@ def distillation_loss_for(variant: str, settings: dict[str, Any], teacher_dir: P
     attention = {"attn_implementation": "eager"} if attention_weight > 0 else {}
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, **attention).eval()
     teacher_ids = json.loads((initial_dir / TEACHER_TOKEN_IDS_FILE).read_text(encoding="utf-8"))
-    return KnowledgeDistillationLoss(settings["alpha"], settings["temperature"], hidden_weight, teacher,
+    return KnowledgeDistillationLoss(settings.alpha, settings.temperature, hidden_weight, teacher,
                                      teacher_ids, list(info.layers), info.hidden_size, attention_weight)

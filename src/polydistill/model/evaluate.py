@@ -54,6 +54,28 @@ SUMMARY_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """The evaluate section of params.yaml: the quality knobs, and the speed and error-analysis settings built from
+    the same section."""
+
+    threads: int              # torch and BLAS threads, for quality and for every speed figure
+    max_length: int
+    batch_size: int
+    bootstrap_samples: int
+    confidence: float
+    ece_bins: int
+    seed: int
+    speed: SpeedSettings
+    errors: ErrorSettings
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> EvaluateSettings:
+        quality = {name: section[name] for name in cls.__dataclass_fields__ if name not in ("speed", "errors")}
+        return cls(**quality, speed=SpeedSettings.from_params(section),
+                   errors=ErrorSettings(examples=section["error_examples"], text_chars=section["error_text_chars"]))
+
+
 def teacher_probabilities(soft_dir: Path, teacher_dir: Path, fold_teachers_dir: Path | None, tfidf_dir: Path | None,
                           test: pd.DataFrame, labels: list[str], max_length: int) -> dict[str, np.ndarray]:
     """The teacher's stored test-set outputs as probabilities: the combination and each member.
@@ -80,21 +102,21 @@ class LanguageQuality:
     kd_predictions: np.ndarray
 
 
-def evaluate_language_quality(lang: str, paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
+def evaluate_language_quality(lang: str, paths: dict[str, Path], settings: EvaluateSettings, labels: list[str],
                               max_length: int, mode: str, runtime: str) -> LanguageQuality:
     """Every system's quality on one language's test rows (students in the serving `runtime`), with
-    `settings["threads"]` threads for torch and for BLAS, so that it computes the same bits on any worker."""
+    `settings.threads` threads for torch and for BLAS, so that it computes the same bits on any worker."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=settings["threads"]):
+    with threadpool_limits(limits=settings.threads):
         return _evaluate_language_quality(lang, paths, settings, labels, max_length, mode, runtime)
 
 
-def _evaluate_language_quality(lang: str, paths: dict[str, Path], settings: dict[str, Any], labels: list[str],
+def _evaluate_language_quality(lang: str, paths: dict[str, Path], settings: EvaluateSettings, labels: list[str],
                                max_length: int, mode: str, runtime: str) -> LanguageQuality:
     import torch
 
-    torch.set_num_threads(settings["threads"])
+    torch.set_num_threads(settings.threads)
     test = pd.read_parquet(paths["test"])
     lang_paths = language_paths(paths, lang, mode)
     mask = (test["lang"] == lang).to_numpy()
@@ -112,7 +134,7 @@ def _evaluate_language_quality(lang: str, paths: dict[str, Path], settings: dict
 
 
 def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarray], paths: dict[str, Path],
-                      settings: dict[str, Any], labels: list[str],
+                      settings: EvaluateSettings, labels: list[str],
                       runtime: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """All systems on one language's test rows: quality, retention, KD gain, segmentation and errors.
 
@@ -128,22 +150,21 @@ def evaluate_language(lang: str, test: pd.DataFrame, teacher: dict[str, np.ndarr
 
         systems["tfidf"] = load_model(paths["tfidf"] / lang).probabilities(texts)
     for name, directory in students.items():
-        systems[name] = probabilities_from_model(directory, texts, settings["max_length"], settings["batch_size"],
-                                                 settings["threads"], runtime)
-    quality = {name: classification_metrics(gold, probabilities, labels, settings["bootstrap_samples"],
-                                            settings["confidence"], settings["ece_bins"], settings["seed"])
+        systems[name] = probabilities_from_model(directory, texts, settings.max_length, settings.batch_size,
+                                                 settings.threads, runtime)
+    quality = {name: classification_metrics(gold, probabilities, labels, settings.bootstrap_samples,
+                                            settings.confidence, settings.ece_bins, settings.seed)
                for name, probabilities in systems.items()}
     paired = {name: paired_bootstrap_difference(gold, systems["kd_student"], systems[baseline],
-                                                settings["bootstrap_samples"], settings["confidence"],
-                                                settings["seed"])
+                                                settings.bootstrap_samples, settings.confidence, settings.seed)
               for name, baseline in (("retention", "teacher"), ("kd_gain", "ce_student"))}
-    as_trained = probabilities_from_model(students["kd_student"], texts, settings["max_length"],
-                                          settings["batch_size"], settings["threads"])
+    as_trained = probabilities_from_model(students["kd_student"], texts, settings.max_length, settings.batch_size,
+                                          settings.threads)
     result = {"lang": lang, "test_rows": len(test), "runtime": runtime, "systems": quality, "paired": paired,
               "runtime_agreement": runtime_agreement(systems["kd_student"], as_trained),
               "segmentation": student_segmentation(paths["teacher"], students["kd_student"], texts),
               "errors": error_analysis(texts, gold, systems["kd_student"], systems["teacher"], labels,
-                                       ErrorSettings(settings["error_examples"], settings["error_text_chars"]))}
+                                       settings.errors)}
     return result, systems
 
 
@@ -162,14 +183,14 @@ def teacher_classifiers(teacher_dir: Path, runtime: str, max_length: int, thread
     return classifiers
 
 
-def measure_efficiency(teacher_dir: Path, student_dir: Path, texts: list[str], settings: dict[str, Any],
+def measure_efficiency(teacher_dir: Path, student_dir: Path, texts: list[str], settings: EvaluateSettings,
                        runtime: str) -> dict[str, Any]:
     """Sizes, and CPU speed measured interleaved: the teacher as trained (PyTorch fp32), the teacher in the
     serving runtime (when that differs) and the KD student as served; with paired speed-ups over the teacher."""
-    max_length, threads = settings["max_length"], settings["threads"]
+    max_length, threads = settings.max_length, settings.threads
     classifiers = {**teacher_classifiers(teacher_dir, runtime, max_length, threads),
                    "kd_student": load_text_classifier(student_dir, runtime, max_length, threads)}
-    speeds = measure_speeds(classifiers, texts, SpeedSettings.from_params(settings))
+    speeds = measure_speeds(classifiers, texts, settings.speed)
     teacher_size = model_size(teacher_dir)
     sizes = {"teacher": teacher_size, "teacher_in_runtime": teacher_size, "kd_student": model_size(student_dir)}
     efficiency = {name: {**sizes[name], **speed, "runtime": "torch_fp32" if name == "teacher" else runtime}
@@ -218,13 +239,13 @@ def language_paths(paths: dict[str, Path], lang: str, mode: str) -> dict[str, Pa
     return {**paths, "students": students}
 
 
-def finish_evaluation(qualities: list[LanguageQuality], paths: dict[str, Path], settings: dict[str, Any],
+def finish_evaluation(qualities: list[LanguageQuality], paths: dict[str, Path], settings: EvaluateSettings,
                       labels: list[str], mode: str, runtime: str) -> list[dict[str, Any]]:
     """Measure each language's speed (serially, in this process), then write metrics/<lang>.json, the plots and the
     Markdown summary; returns the summary rows."""
     import torch
 
-    torch.set_num_threads(settings["threads"])
+    torch.set_num_threads(settings.threads)
     test = pd.read_parquet(paths["test"])
     paths["plots"].mkdir(parents=True, exist_ok=True)
     rows, bars, intervals, error_sections = [], {}, {}, []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from polydistill.data.folds import fold_of
 from polydistill.model.teacher import TEACHER_CODE, fine_tune
-from polydistill.model.training import run_key
+from polydistill.model.training import TrainSettings, run_key
 
 MANIFEST = "manifest.json"
 FOLD_TEACHER_CODE = (*TEACHER_CODE, Path(__file__))
@@ -56,9 +56,9 @@ def check_folds(folds: int) -> None:
 
 
 def train_fold_teachers(pretrained_dir: Path, teacher_set_path: Path, validation_path: Path, output_dir: Path,
-                        metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str],
+                        metrics_path: Path, work_root: Path, settings: TrainSettings, labels: list[str],
                         folds: int) -> dict[str, Any]:
-    """Fine-tune `folds` twins of the teacher (settings: the teacher section) into output_dir/fold-<k>, with a
+    """Fine-tune `folds` twins of the teacher (settings: the teacher's) into output_dir/fold-<k>, with a
     manifest of the folds and the ids the teacher saw; write and return their metrics. folds 0 writes the manifest
     alone: the teacher then scores its own training rows."""
     check_folds(folds)
@@ -70,7 +70,7 @@ def train_fold_teachers(pretrained_dir: Path, teacher_set_path: Path, validation
     twins = []
     for fold in range(folds):
         frame = teacher_set[(row_folds != fold).to_numpy()].reset_index(drop=True)
-        key = run_key({**settings, "labels": labels, "fold": fold, "folds": folds},
+        key = run_key({**asdict(settings), "labels": labels, "fold": fold, "folds": folds},
                       [pretrained_dir, frame, validation_path], FOLD_TEACHER_CODE)
         metrics = fine_tune(pretrained_dir, frame, validation,
                             fold_teacher_dir(output_dir, fold), work_root / f"fold-teacher-{key}", settings, labels,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -61,45 +62,44 @@ def encode_frame(tokenizer: Any, frame: pd.DataFrame, labels: list[str], max_len
 
 
 def fine_tune(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame: pd.DataFrame, output_dir: Path,
-              work_dir: Path, settings: dict[str, Any], labels: list[str], task: str = "teacher") -> dict[str, Any]:
+              work_dir: Path, settings: TrainSettings, labels: list[str], task: str = "teacher") -> dict[str, Any]:
     """Fine-tune a Hugging Face classifier folder; the best checkpoint becomes output_dir. Returns training metrics.
 
     With `processes` > 1 it trains data-parallel in that many processes (torch distributed), which share `threads`.
     """
-    processes = TrainSettings.from_params(settings).processes
     arguments = (pretrained_dir, train_frame, validation_frame, work_dir, settings, labels, task)
     started = time.perf_counter()
-    if processes > 1:
-        metrics = launch(train_in_process, arguments, processes, threads=max(1, settings["threads"] // processes))
+    if settings.processes > 1:
+        metrics = launch(train_in_process, arguments, settings.processes,
+                         threads=max(1, settings.threads // settings.processes))
     else:
         import torch
 
-        torch.set_num_threads(settings["threads"])
+        torch.set_num_threads(settings.threads)
         metrics = train_in_process(*arguments, Ranks())
     export_best(work_dir, output_dir)
-    return {**metrics, "processes": processes, "seconds": round(time.perf_counter() - started, 1)}
+    return {**metrics, "processes": settings.processes, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def train_in_process(pretrained_dir: Path, train_frame: pd.DataFrame, validation_frame: pd.DataFrame, work_dir: Path,
-                     settings: dict[str, Any], labels: list[str], task: str, ranks: Ranks) -> dict[str, Any]:
+                     settings: TrainSettings, labels: list[str], task: str, ranks: Ranks) -> dict[str, Any]:
     """The fine-tuning run of one process: the only one, or one rank of a distributed run."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    train_settings = TrainSettings.from_params(settings)
     tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
     id2label, label2id = label_maps(labels)
-    torch.manual_seed(train_settings.seed)
+    torch.manual_seed(settings.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         pretrained_dir, num_labels=len(labels), id2label=id2label, label2id=label2id)
-    train = encode_frame(tokenizer, train_frame, labels, train_settings.max_length)
-    validation = encode_frame(tokenizer, validation_frame, labels, train_settings.max_length)
+    train = encode_frame(tokenizer, train_frame, labels, settings.max_length)
+    validation = encode_frame(tokenizer, validation_frame, labels, settings.max_length)
 
     def save_best(path: Path) -> None:
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
 
-    state = train_classifier(model, train, validation, train_settings, work_dir, tokenizer.pad_token_id,
+    state = train_classifier(model, train, validation, settings, work_dir, tokenizer.pad_token_id,
                              save_best=save_best, task=task, ranks=ranks)
     best = state.best_evaluation()
     return {
@@ -114,9 +114,10 @@ def train_in_process(pretrained_dir: Path, train_frame: pd.DataFrame, validation
 
 
 def train_teacher(pretrained_dir: Path, teacher_set_path: Path, validation_path: Path, output_dir: Path,
-                  metrics_path: Path, work_root: Path, settings: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+                  metrics_path: Path, work_root: Path, settings: TrainSettings, labels: list[str]) -> dict[str, Any]:
     """Fine-tune the pretrained encoder on the balanced teacher set; write the teacher folder and its metrics."""
-    key = run_key({**settings, "labels": labels}, [pretrained_dir, teacher_set_path, validation_path], TEACHER_CODE)
+    key = run_key({**asdict(settings), "labels": labels}, [pretrained_dir, teacher_set_path, validation_path],
+                  TEACHER_CODE)
     work_dir = work_root / f"teacher-{key}"
     metrics = fine_tune(pretrained_dir, pd.read_parquet(teacher_set_path), pd.read_parquet(validation_path),
                         output_dir, work_dir, settings, labels)

@@ -7,7 +7,7 @@ stored as JSON (vocabulary, settings) plus safetensors (idf, coefficients), neve
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,24 @@ from polydistill.data.folds import fold_of
 from polydistill.progress import Progress
 
 
+@dataclass(frozen=True)
+class TfidfSettings:
+    """The baseline section of params.yaml; fields in its order, as saved in each model's config.json."""
+
+    analyzer: str
+    ngram_range: tuple[int, int]
+    min_df: int | float           # documents a term must occur in (a float: a share of them)
+    max_features: int | None
+    c_grid: tuple[float, ...]     # C values tried, the best by validation macro-F1 kept
+    max_iter: int
+    cv_folds: int                 # stratified folds of the train split for the cross-validated macro-F1
+    seed: int
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> TfidfSettings:
+        return cls(**{**section, "ngram_range": tuple(section["ngram_range"]), "c_grid": tuple(section["c_grid"])})
+
+
 @dataclass
 class TfidfModel:
     """A fitted vectorizer and classifier for one language."""
@@ -37,37 +55,37 @@ class TfidfModel:
         return self.classifier.predict_proba(self.vectorizer.transform(texts))
 
 
-def make_vectorizer(settings: dict[str, Any], vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
-    return TfidfVectorizer(analyzer=settings["analyzer"], ngram_range=tuple(settings["ngram_range"]),
-                           min_df=settings["min_df"], max_features=settings["max_features"],
-                           sublinear_tf=True, lowercase=True, vocabulary=vocabulary, dtype=np.float32)
+def make_vectorizer(settings: TfidfSettings, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(analyzer=settings.analyzer, ngram_range=settings.ngram_range, min_df=settings.min_df,
+                           max_features=settings.max_features, sublinear_tf=True, lowercase=True,
+                           vocabulary=vocabulary, dtype=np.float32)
 
 
-def make_classifier(settings: dict[str, Any], c: float) -> LogisticRegression:
-    return LogisticRegression(C=c, max_iter=settings["max_iter"], random_state=settings["seed"])
+def make_classifier(settings: TfidfSettings, c: float) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=settings.max_iter, random_state=settings.seed)
 
 
-def cross_validated_macro_f1(texts: list[str], labels: np.ndarray, settings: dict[str, Any],
+def cross_validated_macro_f1(texts: list[str], labels: np.ndarray, settings: TfidfSettings,
                              c: float) -> tuple[float, float]:
-    """Mean and standard deviation of macro-F1 over settings["cv_folds"] stratified folds of the train split.
+    """Mean and standard deviation of macro-F1 over settings.cv_folds stratified folds of the train split.
 
     The vectorizer is refitted inside each fold. This is how much the baseline's score moves with the draw of
     held-out text, which the one small test split of a small language cannot show.
     """
-    folds = StratifiedKFold(n_splits=settings["cv_folds"], shuffle=True, random_state=settings["seed"])
+    folds = StratifiedKFold(n_splits=settings.cv_folds, shuffle=True, random_state=settings.seed)
     scores = cross_val_score(make_pipeline(make_vectorizer(settings), make_classifier(settings, c)),
                              np.asarray(texts, dtype=object), labels, cv=folds, scoring="f1_macro")
     return float(scores.mean()), float(scores.std())
 
 
 def fit_language(train_texts: list[str], train_labels: np.ndarray, validation_texts: list[str],
-                 validation_labels: np.ndarray, settings: dict[str, Any]) -> tuple[TfidfModel, float, float]:
-    """Fit on train, pick C from settings["c_grid"] by validation macro-F1; returns model, C and its score."""
+                 validation_labels: np.ndarray, settings: TfidfSettings) -> tuple[TfidfModel, float, float]:
+    """Fit on train, pick C from settings.c_grid by validation macro-F1; returns model, C and its score."""
     vectorizer = make_vectorizer(settings)
     train_matrix = vectorizer.fit_transform(train_texts)
     validation_matrix = vectorizer.transform(validation_texts)
     best: tuple[float, float, LogisticRegression] | None = None
-    for c in settings["c_grid"]:
+    for c in settings.c_grid:
         classifier = make_classifier(settings, c)
         classifier.fit(train_matrix, train_labels)
         score = f1_score(validation_labels, classifier.predict(validation_matrix), average="macro")
@@ -77,7 +95,7 @@ def fit_language(train_texts: list[str], train_labels: np.ndarray, validation_te
     return TfidfModel(vectorizer, classifier), c, float(score)
 
 
-def fit_fixed(texts: list[str], labels: np.ndarray, settings: dict[str, Any], c: float) -> TfidfModel:
+def fit_fixed(texts: list[str], labels: np.ndarray, settings: TfidfSettings, c: float) -> TfidfModel:
     """A model fitted on texts with the given settings and C (no selection)."""
     vectorizer = make_vectorizer(settings)
     matrix = vectorizer.fit_transform(texts)
@@ -94,6 +112,7 @@ def cross_fitted_probabilities(model_dir: Path, train: pd.DataFrame, labels: lis
     """
     full = load_model(model_dir)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    settings = TfidfSettings.from_params(config["settings"])
     probabilities = full.probabilities(rows["text"].tolist())
     train_folds = train["id"].map(lambda row_id: fold_of(row_id, folds)).to_numpy()
     row_folds = {row_id: fold for row_id, fold in zip(train["id"], train_folds)}
@@ -105,17 +124,17 @@ def cross_fitted_probabilities(model_dir: Path, train: pd.DataFrame, labels: lis
         if not scored.any():
             continue
         fitted = train_folds != fold
-        model = fit_fixed(train["text"][fitted].tolist(), gold[fitted], config["settings"], config["C"])
+        model = fit_fixed(train["text"][fitted].tolist(), gold[fitted], settings, config["C"])
         probabilities[scored] = model.probabilities(rows["text"][scored].tolist())
     return probabilities
 
 
-def save_model(model: TfidfModel, directory: Path, settings: dict[str, Any]) -> None:
+def save_model(model: TfidfModel, directory: Path, settings: TfidfSettings) -> None:
     """vocabulary.json + settings in config.json + idf and coefficients in weights.safetensors."""
     directory.mkdir(parents=True, exist_ok=True)
     vocabulary = {term: int(index) for term, index in model.vectorizer.vocabulary_.items()}
     (directory / "vocabulary.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
-    config = {"settings": settings, "classes": model.classifier.classes_.tolist(), "C": model.classifier.C}
+    config = {"settings": asdict(settings), "classes": model.classifier.classes_.tolist(), "C": model.classifier.C}
     (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     save_file({"idf": torch.from_numpy(model.vectorizer.idf_.astype(np.float32)),
                "coef": torch.from_numpy(model.classifier.coef_.astype(np.float64)),
@@ -128,7 +147,7 @@ def load_model(directory: Path) -> TfidfModel:
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     vocabulary = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
     weights = load_file(str(directory / "weights.safetensors"))
-    vectorizer = make_vectorizer(config["settings"], vocabulary).fit([""])
+    vectorizer = make_vectorizer(TfidfSettings.from_params(config["settings"]), vocabulary).fit([""])
     vectorizer.idf_ = weights["idf"].numpy()
     classifier = LogisticRegression(C=config["C"])
     classifier.classes_ = np.array(config["classes"])
@@ -138,7 +157,7 @@ def load_model(directory: Path) -> TfidfModel:
 
 
 def fit_baselines(train_path: Path, validation_path: Path, output_dir: Path, metrics_path: Path,
-                  labels: list[str], settings: dict[str, Any]) -> dict[str, dict[str, float]]:
+                  labels: list[str], settings: TfidfSettings) -> dict[str, dict[str, float]]:
     """Fit, select and save one baseline per language; write its validation and cross-validated macro-F1 and C."""
     label_ids = {label: index for index, label in enumerate(labels)}
     train, validation = pd.read_parquet(train_path), pd.read_parquet(validation_path)

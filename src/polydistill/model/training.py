@@ -67,6 +67,7 @@ class TrainSettings:
     eval_rows_per_language: int = 0  # validation rows scored per language at each evaluation (0 = all)
     max_steps: int | None = None  # cap on optimizer steps (None: epochs decide); the schedule spans the capped run
     processes: int = 1  # data-parallel training processes (torch distributed, gloo)
+    threads: int = 1  # torch threads of the run in all, shared by its processes
     select_by: str = "macro_f1"  # which evaluation is kept as best: one of SELECTION_RULES
 
     def __post_init__(self) -> None:
