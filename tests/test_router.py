@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -316,8 +317,10 @@ def serve_environment(root: Path) -> dict[str, str]:
 
 
 @contextmanager
-def served_router(root: Path, environment: dict[str, str], port: int, *flags: str) -> Iterator[str]:
-    """`polydistill serve` of root's router on port (its log in root/serve.log); yields the base URL."""
+def served_router(root: Path, environment: dict[str, str], port: int,
+                  *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`polydistill serve` of root's router on port (its log in root/serve.log); yields the base URL and the CLI's
+    process (whose process group is stopped on exit)."""
     log_path = root / "serve.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), *flags],
@@ -326,32 +329,11 @@ def served_router(root: Path, environment: dict[str, str], port: int, *flags: st
         base = f"http://127.0.0.1:{port}"
         if not wait_for_http(f"{base}/ping", 180, server):
             pytest.fail(f"server did not start: {log_path.read_text()}")
-        yield base
+        yield base, server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # the group is gone when the test stopped the CLI itself
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("server", http_server.SERVERS)
-def test_stopping_serve_stops_the_model_server_it_started(router_project: Path, server: str) -> None:
-    port = free_port()
-    environment = serve_environment(router_project)
-    with open(router_project / "serve-stop.log", "w") as log:
-        serve = subprocess.Popen([str(VENV_BIN / "polydistill"), "serve", "--port", str(port), "--watch", "0",
-                                  "--server", server],
-                                 env=environment, stdout=log, stderr=log, start_new_session=True)
-    try:
-        log_text = (router_project / "serve-stop.log").read_text
-        assert wait_for_http(f"http://127.0.0.1:{port}/ping", 180, serve), log_text()
-        serve.send_signal(signal.SIGTERM)  # the CLI only, as a process manager stopping it would
-        assert serve.wait(timeout=60) == 128 + signal.SIGTERM
-        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
-            pass  # the model server it started (mlflow's uvicorn child included) no longer holds the port
-    finally:
-        if serve.poll() is None:
-            serve.terminate()
-            serve.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -370,7 +352,7 @@ def test_polydistill_server_swaps_in_a_new_champion_without_dropping_a_request(
             except OSError:  # refused or reset: a dropped request
                 statuses.append(0)
 
-    with served_router(copy, serve_environment(copy), free_port(), "--watch", "1") as base:
+    with served_router(copy, serve_environment(copy), free_port(), "--watch", "1") as (base, _):
         assert get_json(f"{base}/model") == {"name": "polydistill-router", "version": "1"}
         client = threading.Thread(target=keep_posting, args=(f"{base}/invocations",))
         client.start()
@@ -399,12 +381,14 @@ def get_json(url: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("server", http_server.SERVERS)
-def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_project: Path, server: str) -> None:
+def test_router_serves_over_http_answers_bad_requests_with_4xx_and_stops_on_sigterm(router_project: Path,
+                                                                                     server: str) -> None:
     port = free_port()
     environment = serve_environment(router_project)
     log_path = router_project / "logs/inference.db"  # params monitor.log; each server's answers counted on their own
     logged_before = len(inference_log.read_log(log_path)) if log_path.exists() else 0
-    with served_router(router_project, environment, port, "--log-inference", "--server", server) as base:
+    with served_router(router_project, environment, port, "--log-inference", "--server",
+                       server) as (base, serve):
         status, body = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")})
         assert status == 200, body
         assert [row["lang"] for row in body["predictions"]] == EXPECTED_LANGS
@@ -428,3 +412,8 @@ def test_router_serves_over_http_and_answers_bad_requests_with_4xx(router_projec
         answered = len(MIXED) + len(UNSERVED) + 1 + report["requests"] * len(MIXED)  # the 4xx requests: none
         assert len(logged) == answered and logged["text"].isna().all()
         assert (logged["status"] == "ok").sum() == answered - len(UNSERVED)
+
+        serve.send_signal(signal.SIGTERM)  # the CLI only, as a process manager stopping it would
+        assert serve.wait(timeout=60) == 128 + signal.SIGTERM
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the model server it started (mlflow's uvicorn child included) no longer holds the port

@@ -44,6 +44,6 @@ def test_register_promote_route_and_serve_through_a_postgres_backed_server(
     assert status.returncode == 0, status.stderr
     assert all(any(line.split()[:2] == [lang, "1"] for line in status.stdout.splitlines()) for lang in languages)
 
-    with served_router(root, environment, free_port(), "--watch", "0") as base:
+    with served_router(root, environment, free_port(), "--watch", "0") as (base, _):
         code, body = post(f"{base}/invocations", {"dataframe_records": MIXED.to_dict("records")})
         assert code == 200 and [row["lang"] for row in body["predictions"]] == EXPECTED_LANGS, body
