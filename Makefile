@@ -29,7 +29,7 @@ INSTALL_OPTIONS := --quiet --constraint requirements.lock --editable ".[test,ben
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint requirements.lock uv torch
-	$(BIN)/uv pip install --python $(BIN)/python --system-certs $(INSTALL_OPTIONS) || \
+	$(BIN)/uv pip install --python $(BIN)/python --system-certs --compile-bytecode $(INSTALL_OPTIONS) || \
 		$(BIN)/python -m pip install $(INSTALL_OPTIONS)
 	test -d .dvc || $(BIN)/dvc init --quiet
 	touch $(STAMP)
