@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
-def promote_at_barrier(root: str, settings: dict[str, Any], lang: str, version: str, barrier: Any,
+def promote_at_barrier(root: str, settings: dict[str, Any], lang: str, version: str, started: Any, barrier: Any,
                        use_lock: bool, results: Queue) -> None:
-    """promote(version), waiting at `barrier` after the champion is read; without `use_lock`, no registry lock."""
+    """promote(version), waiting at `barrier` after the champion is read; without `use_lock`, no registry lock.
+
+    Both workers first meet at `started` (their imports done), so `barrier` need only outwait the skew of the
+    promotion's first steps, not that of the workers' start-up."""
     from polydistill.config import set_offline_environment
 
     set_offline_environment()
+    import mlflow  # noqa: F401  (before the start barrier: promote's own first import of it would add skew)
+
     from polydistill.ops import promotion
 
     real_gate = promotion.run_gate
@@ -32,6 +37,7 @@ def promote_at_barrier(root: str, settings: dict[str, Any], lang: str, version: 
     promotion.run_gate = gate_after_barrier
     if not use_lock:
         promotion.registry_lock = lambda uri, timeout_s: nullcontext()
+    started.wait()
     results.put(promotion.promote(Path(root), settings, lang, version).as_dict())
 
 

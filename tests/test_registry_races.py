@@ -13,7 +13,8 @@ from race_workers import promote_at_barrier
 
 from polydistill.ops import pipeline_run, promotion, registry, serving, tracking
 
-BARRIER_TIMEOUT_S = 30  # longer than the two workers' start-up skew; the lock holder waits this long alone
+START_TIMEOUT_S = 120  # the two spawned workers' imports (mlflow, torch) under load
+BARRIER_TIMEOUT_S = 15  # longer than the skew of two promotions started together; the lock holder waits this alone
 
 
 def register(root: Path, params: dict, student: Path) -> str:
@@ -52,9 +53,10 @@ def test_two_promotions_of_one_language_at_once(registry_project: Path, tiny_stu
     assert register(root, params, biased_copy(tiny_students["sl"], root / "v3", weak)) == "3"
 
     context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(2, timeout=BARRIER_TIMEOUT_S), context.Queue()
+    started, barrier = context.Barrier(2, timeout=START_TIMEOUT_S), context.Barrier(2, timeout=BARRIER_TIMEOUT_S)
+    results = context.Queue()
     workers = [context.Process(target=promote_at_barrier,
-                               args=(str(root), settings, "en", version, barrier, use_lock, results))
+                               args=(str(root), settings, "en", version, started, barrier, use_lock, results))
                for version in ("2", "3")]
     for worker in workers:
         worker.start()
