@@ -4,16 +4,18 @@ With `executor.kind: dask` (or `polydistill run --executor dask [--address tcp:/
 1. `dvc repro` of every stage upstream of the fan-out stages (DVC decides what is stale);
 2. the command dvc.yaml gives each stale fan-out stage (`python -m flows.distill <lang>`) as a Prefect task on a
    DaskTaskRunner: a LocalCluster of `executor.workers` processes with one thread each, or the scheduler at
-   `executor.address`, whose workers must see the project at the same path with the same environment;
+   `executor.address`, whose workers must see the project at the same path with the same environment. Stages are
+   submitted longest first (the language with the most transfer rows), so the longest never starts last while
+   another worker idles;
 3. `dvc commit` of those stages: DVC hashes what the workers wrote and records it in dvc.lock as `dvc repro` would;
-4. `dvc repro` of the rest. Inside it, the stages whose work splits by language (soft_labels: the teacher's pass
-   over each language's rows; evaluate: each language's test-set quality) submit one Prefect task per language to
-   the same kind of task runner (`per_language`; the pipeline passes its executor to them in the environment),
-   then finish serially: the soft-label folder is written from all languages' scores, and latency and throughput
-   are measured one language after another, never while workers compete for the cores. With the serial executor
-   the same tasks run one after another in the stage's own thread. Each task fixes its torch and BLAS thread
-   counts from params, so both executors compute the same bits on the fixture (tests/test_pipeline_dvc.py) and the
-   same soft labels and evaluation quality on the real corpus (README, Scaling out).
+4. `dvc repro` of the rest. Inside it, with `executor.language_tasks`, the stages whose work splits by language
+   (soft_labels: the teacher's pass over each language's rows; evaluate: each language's test-set quality) submit
+   one Prefect task per language to the same kind of task runner (`per_language`; the pipeline passes its executor
+   to them in the environment), then finish serially: the soft-label folder is written from all languages' scores,
+   and latency and throughput are measured one language after another, never while workers compete for the cores.
+   Otherwise the same tasks run one after another in the stage's own thread. Each task fixes its torch and BLAS
+   thread counts from params, so both ways compute the same bits on the fixture (tests/test_pipeline_dvc.py) and
+   the same soft labels and evaluation quality on the real corpus (README, Scaling out).
 
 Why this route: `dvc repro` holds the repository lock, so two repros cannot share a workspace, and `dvc exp run
 --queue` runs whole experiments in copies rather than the stages of one run. Running each stage's own command keeps
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from tasks.placement import logged_placement
 OUTPUT_TAIL_CHARS = 4000
 EXECUTORS = ("serial", "dask")
 EXECUTOR_VARIABLES = {"kind": "POLYDISTILL_EXECUTOR", "address": "POLYDISTILL_DASK_ADDRESS"}
+TRANSFER_REPORT = "metrics/transfer.json"  # the transfer stage's rows per language: the fan-out's cost estimate
 
 
 class FanOutStageFailed(RuntimeError):
@@ -53,6 +56,7 @@ class ExecutorSettings:
     address: str | None
     workers: int
     stages: str
+    language_tasks: bool  # soft_labels' and evaluate's per-language tasks on the workers too (dask only)
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> ExecutorSettings:
@@ -60,6 +64,11 @@ class ExecutorSettings:
         if settings.kind not in EXECUTORS:
             raise ValueError(f"executor.kind '{settings.kind}': use one of {', '.join(EXECUTORS)}")
         return settings
+
+    @property
+    def fans_out_language_tasks(self) -> bool:
+        """Whether soft_labels and evaluate submit their per-language tasks to Dask workers."""
+        return self.kind == "dask" and self.language_tasks
 
 
 def executor_settings(section: dict[str, Any], kind: str | None = None,
@@ -98,22 +107,26 @@ def stage_executor() -> ExecutorSettings:
 
 
 def stage_task_runner() -> TaskRunner:
-    """The task runner for a stage flow's per-language tasks under the project's executor settings."""
-    return task_runner(stage_executor())
+    """The task runner for a stage flow's per-language tasks under the project's executor settings (no Dask cluster
+    for a stage whose tasks stay in its own process)."""
+    settings = stage_executor()
+    return task_runner(settings if settings.fans_out_language_tasks else replace(settings, kind="serial"))
 
 
 def per_language(language_task: Task, languages: list[str], *arguments: Any) -> list[Any]:
     """`language_task(lang, *arguments)` for every language, results in language order: submitted to the flow's
-    (Dask) task runner under the dask executor; called one after another in this thread otherwise, the thread that
-    then measures speed (after the quality tasks had run in a pool thread, batch-1 latency came out slower)."""
-    if stage_executor().kind == "dask":
+    (Dask) task runner when the executor fans out language tasks; called one after another in this thread otherwise,
+    the thread that then measures speed (after the quality tasks had run in a pool thread, batch-1 latency came out
+    slower)."""
+    if stage_executor().fans_out_language_tasks:
         futures = [language_task.submit(lang, *arguments) for lang in languages]
         return [future.result() for future in futures]
     return [language_task(lang, *arguments) for lang in languages]
 
 
 def fan_out_plan(root: Path, prefix: str) -> tuple[list[str], dict[str, str]]:
-    """The stages upstream of the fan-out stages (names starting with `prefix`), and each fan-out stage's command."""
+    """The stages upstream of the fan-out stages (names starting with `prefix`), and each fan-out stage's command,
+    in dvc.yaml's order."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -122,6 +135,16 @@ def fan_out_plan(root: Path, prefix: str) -> tuple[list[str], dict[str, str]]:
         fanned = [stage for stage in graph.nodes if stage.addressing.startswith(prefix)]
         upstream = set().union(*(nx.descendants(graph, stage) for stage in fanned))
         return sorted(stage.addressing for stage in upstream), {stage.addressing: stage.cmd for stage in fanned}
+
+
+def longest_first(root: Path, stages: list[str]) -> list[str]:
+    """`stages` in the order to start them: the language with the most transfer rows (TRANSFER_REPORT, written
+    upstream) first, since a student's training time grows with them. Longest processing time first: started last,
+    the longest stage would set the end while other workers idle. Ties and languages without a count keep their
+    order."""
+    report = root / TRANSFER_REPORT
+    rows = json.loads(report.read_text(encoding="utf-8"))["languages"] if report.exists() else {}
+    return sorted(stages, key=lambda stage: -rows.get(stage.rpartition("@")[2], {}).get("rows", 0))
 
 
 def stale_stages(root: Path, stages: list[str], dvc: str) -> list[str]:

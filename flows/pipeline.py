@@ -29,6 +29,7 @@ from flows.fanout import (
     executor_environment,
     executor_settings,
     fan_out_plan,
+    longest_first,
     run_on_dask,
     stale_stages,
 )
@@ -115,12 +116,12 @@ def dvc_commit_task(root: Path, stages: list[str]) -> None:
 
 
 def fanned_out_repro(root: Path, settings: ExecutorSettings) -> list[str]:
-    """Upstream stages serially, the stale fan-out stages at once on Dask, then `dvc commit` of them (see
-    flows/fanout.py); the caller's `dvc repro` does the rest. Returns the stages that ran on Dask."""
+    """Upstream stages serially, the stale fan-out stages at once on Dask (longest first), then `dvc commit` of them
+    (see flows/fanout.py); the caller's `dvc repro` does the rest. Returns the stages that ran on Dask."""
     upstream, commands = fan_out_plan(root, settings.stages)
     if upstream:
         dvc_repro_task(root, settings, *upstream)
-    stale = stale_stages(root, list(commands), dvc_executable())
+    stale = longest_first(root, stale_stages(root, list(commands), dvc_executable()))
     get_run_logger().info("fan-out on Dask (%s): %s", settings.address or f"{settings.workers} local workers",
                           ", ".join(stale) or "nothing stale")
     if stale:

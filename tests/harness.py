@@ -53,6 +53,7 @@ def fixture_params(languages: list[str], teacher_dir: Path | None = None) -> dic
     params["distill"]["train"].update(quick)
     params["distill"]["independent_teacher"].update(quick)
     params["evaluate"].update(bootstrap_samples=200, latency_repeats=5, throughput_texts=32, warmup=1, rounds=2)
+    params["executor"].update(kind="serial")  # the Dask fan-out has its own test (test_pipeline_dvc.py)
     return params
 
 

@@ -168,13 +168,18 @@ def assert_dask_fan_out_matches_serial_repro(root: Path) -> None:
     params = load_project_params(root)
     for section in ("soft_labels", "distill", "evaluate"):
         params[section]["threads"] = 1
+    params["executor"]["language_tasks"] = True
     write_params(root, params)  # soft_labels and everything after it are stale now
     fanned = subprocess.run([sys.executable, "-m", "flows.pipeline", "run", "--executor", "dask"], cwd=root,
                             env=pipeline_environment(root), capture_output=True, text=True, timeout=900)
     output = fanned.stdout + fanned.stderr
     assert fanned.returncode == 0, output[-5000:]
-    assert f"fan-out on Dask (2 local workers): {', '.join(f'distill@{lang}' for lang in LANGUAGES)}" in output
+    transfer_rows = read_json(root / "metrics/transfer.json")["languages"]
+    longest_first = [f"distill@{lang}" for lang in sorted(LANGUAGES, key=lambda lang: -transfer_rows[lang]["rows"])]
+    assert f"fan-out on Dask (2 local workers): {', '.join(longest_first)}" in output
     placements = [match.groupdict() for match in PLACEMENT_LINE.finditer(output)]
+    started = {entry["name"]: float(entry["start"]) for entry in placements if entry["name"].startswith("distill@")}
+    assert started[longest_first[-1]] >= max(started[stage] for stage in longest_first[:-1]), started
     for kind in ("soft_labels:", "distill@", "evaluate:"):
         ran = [(int(entry["pid"]), float(entry["start"]), float(entry["end"]))
                for entry in placements if entry["name"].startswith(kind)]
