@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from polydistill.data.prepare import SPLITS, PrepareSettings, prepare_corpus
 
@@ -45,6 +46,11 @@ def test_keep_policy_leaves_conflicts_for_validation(tmp_path: Path) -> None:
                              replace(SETTINGS, conflicting_labels="keep"))
     assert summary["conflicting_rows"] == 2 and summary["conflicting_rows_dropped"] == 0
     assert len(read_splits(tmp_path / "out")) == 2
+
+
+def test_an_unknown_conflict_policy_is_refused_before_any_work() -> None:
+    with pytest.raises(ValueError, match="conflicting_labels 'dorp': use drop or keep"):
+        replace(SETTINGS, conflicting_labels="dorp")
 
 
 def test_split_is_deterministic_and_stratified(tmp_path: Path) -> None:

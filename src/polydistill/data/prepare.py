@@ -21,6 +21,7 @@ from polydistill.data.text_key import comparison_key
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "text", "label", "lang", "source")
+CONFLICT_POLICIES = ("drop", "keep")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class PrepareSettings:
     validation_fraction: float
     test_fraction: float
     conflicting_labels: str
+
+    def __post_init__(self) -> None:
+        if self.conflicting_labels not in CONFLICT_POLICIES:
+            raise ValueError(f"prepare.conflicting_labels '{self.conflicting_labels}': use "
+                             f"{' or '.join(CONFLICT_POLICIES)}")
 
 
 def read_raw_corpus(path: Path) -> pd.DataFrame:

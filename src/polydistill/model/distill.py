@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +123,9 @@ class DistillSettings:
     def from_params(cls, section: dict[str, Any]) -> DistillSettings:
         """The section as params.yaml holds it; the students' TrainSettings run with distill.threads."""
         train = TrainSettings.from_params({**section["train"], "threads": section["threads"]})
-        shared = {name: section[name] for name in ("mode", "alpha", "temperature", "class_weights",
-                                                   "class_weight_beta", "hidden_loss_weight",
-                                                   "attention_loss_weight", "threads")}
-        return cls(**shared, student=StudentSettings.from_params(section["student"], train.max_length), train=train,
+        nested = ("student", "train", "independent_teacher", "per_language")
+        scalars = {item.name: section[item.name] for item in fields(cls) if item.name not in nested}
+        return cls(**scalars, student=StudentSettings.from_params(section["student"], train.max_length), train=train,
                    independent_teacher=TrainSettings.from_params(section["independent_teacher"]),
                    per_language=section.get("per_language") or {})
 
