@@ -6,7 +6,7 @@ With `executor.kind: dask` (or `polydistill run --executor dask [--address tcp:/
    DaskTaskRunner: a LocalCluster of `executor.workers` processes with one thread each, or the scheduler at
    `executor.address`, whose workers must see the project at the same path with the same environment. Stages are
    submitted longest first (the language with the most transfer rows), so the longest never starts last while
-   another worker idles;
+   another worker idles; each runs with `distill.threads` torch threads and passive OpenMP waits;
 3. `dvc commit` of those stages: DVC hashes what the workers wrote and records it in dvc.lock as `dvc repro` would;
 4. `dvc repro` of the rest. Inside it, with `executor.language_tasks`, the stages whose work splits by language
    (soft_labels: the teacher's pass over each language's rows; evaluate: each language's test-set quality) submit
@@ -42,6 +42,9 @@ OUTPUT_TAIL_CHARS = 4000
 EXECUTORS = ("serial", "dask")
 EXECUTOR_VARIABLES = {"kind": "POLYDISTILL_EXECUTOR", "address": "POLYDISTILL_DASK_ADDRESS"}
 TRANSFER_REPORT = "metrics/transfer.json"  # the transfer stage's rows per language: the fan-out's cost estimate
+# Fanned-out stages share the cores, each with its own threads: an OpenMP thread waiting for work sleeps rather than
+# spins (the user's own OMP_WAIT_POLICY wins). The policy changes timing, never results.
+SHARED_CORES_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class FanOutStageFailed(RuntimeError):
@@ -166,10 +169,16 @@ def stage_command_task(root: str, stage: str, command: str, environment: dict[st
     return stage
 
 
+def stage_environment(root: str) -> dict[str, str]:
+    """The environment a fanned-out stage command runs with: the pipeline's own, quiet progress and passive OpenMP
+    waits unless it sets them, the project root."""
+    return {**QUIET_PROGRESS, **SHARED_CORES_ENVIRONMENT, **os.environ, "POLYDISTILL_ROOT": root}
+
+
 @flow(name="fan-out")
 def fan_out_flow(root: str, commands: dict[str, str]) -> list[str]:
     """Every command at once on the flow's task runner; the stages that finished, in order."""
-    environment = {**QUIET_PROGRESS, **os.environ, "POLYDISTILL_ROOT": root}
+    environment = stage_environment(root)
     futures = [stage_command_task.submit(root, stage, command, environment) for stage, command in commands.items()]
     return [future.result() for future in futures]
 

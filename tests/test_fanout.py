@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.fanout import TRANSFER_REPORT, executor_settings, longest_first, stage_task_runner
+from flows.fanout import TRANSFER_REPORT, executor_settings, longest_first, stage_environment, stage_task_runner
 
 STAGES = ["distill@en", "distill@es", "distill@id", "distill@sl", "distill@zh"]
 SECTION = {"kind": "dask", "address": None, "workers": 2, "stages": "distill@", "language_tasks": False}
@@ -50,3 +50,11 @@ def test_a_stage_starts_a_dask_cluster_only_when_its_language_tasks_go_there(
     monkeypatch.setenv("POLYDISTILL_EXECUTOR", "dask")
     runner = stage_task_runner()  # built, not entered: no cluster starts here
     assert isinstance(runner, DaskTaskRunner if language_tasks else ThreadPoolTaskRunner)
+
+
+def test_fanned_out_stages_wait_passively_unless_the_user_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert stage_environment("/project")["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert stage_environment("/project")["POLYDISTILL_ROOT"] == "/project"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert stage_environment("/project")["OMP_WAIT_POLICY"] == "ACTIVE"
