@@ -10,10 +10,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
+from filelock import FileLock
 from harness import (  # noqa: F401  (re-exported: the test modules import these from conftest)
     FIXTURES,
     REPO_ROOT,
@@ -61,6 +62,37 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def repo_copy(tmp_path: Path, tiny_teacher: Path, prefect_server: str) -> Path:
     """A copy of the working tree as its own git repository, params.yaml set for the fixture corpus."""
     return copy_repository(tmp_path / "repo", fixture_params(["en", "sl", "zh"], tiny_teacher))
+
+
+class BuiltPipeline(NamedTuple):
+    """A repository copy in which `dvc repro evaluate` has run, and that run's dvc output."""
+    root: Path
+    output: str
+
+
+@pytest.fixture(scope="session")
+def evaluated_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path, prefect_server: str,
+                       worker_id: str) -> BuiltPipeline:
+    """repo_copy's project after `dvc repro evaluate`: every stage but register, so a test that copies it registers
+    into a registry of its own. Built once per session: under pytest-xdist the first worker to ask builds it in the
+    session's shared folder while the others wait. Never change it; copy it with `copy_built`."""
+    session = tmp_path_factory.getbasetemp()
+    shared = session if worker_id == "master" else session.parent
+    folder, log = shared / "evaluated-pipeline", shared / "evaluated-pipeline.log"
+    with FileLock(str(shared / "evaluated-pipeline.lock")):
+        if not log.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed build of another worker
+            root = copy_repository(folder, fixture_params(["en", "sl", "zh"], tiny_teacher))
+            built = run_dvc(root, "repro", "evaluate")
+            assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-5000:]
+            log.write_text(built.stdout + built.stderr, encoding="utf-8")
+    return BuiltPipeline(folder, log.read_text(encoding="utf-8"))
+
+
+def copy_built(built: BuiltPipeline, target: Path) -> Path:
+    """A copy of a built project (git, DVC cache, checkpoints and all) at target."""
+    shutil.copytree(built.root, target, symlinks=True)
+    return target
 
 
 def pipeline_environment(root: Path) -> dict[str, str]:

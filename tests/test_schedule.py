@@ -1,7 +1,8 @@
 """The whole pipeline as a scheduled Prefect deployment on a real Prefect server, on the fixture corpus.
 
-One test, in one repository copy with a local DVC remote: the first run of the deployment (tiny teacher, fixture
-corpus) goes through every DVC stage, registers champions and pushes the outputs. Then the champion router answers
+One test, in a copy of the session's evaluated pipeline (tiny teacher, fixture corpus: every DVC stage but register
+has run) with a local DVC remote: the first run of the deployment runs the register stage into an empty registry,
+registers champions and pushes the outputs. Then the champion router answers
 drifted traffic with the inference log on, and the monitor flow reports it, logs an MLflow run and starts a run of
 the deployment (the pipeline is up to date: it completes without training). A git clone with an empty DVC cache
 pulls, and its `dvc repro` runs the register stage only (its summary is not cached, and its registry is the
@@ -27,7 +28,9 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import (
+    BuiltPipeline,
     commit_workspace,
+    copy_built,
     load_project_params,
     pipeline_environment,
     registry_settings,
@@ -119,8 +122,10 @@ async def wait_for_flow_run(flow_run_id: str, timeout: float = 600) -> Any:
 
 @pytest.mark.slow
 def test_scheduled_deployment_runs_the_pipeline_and_a_failed_validation_leaves_the_registry(
-        repo_copy: Path, prefect_server: str, mlflow_db_template: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        evaluated_pipeline: BuiltPipeline, prefect_server: str, mlflow_db_template: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo_copy = copy_built(evaluated_pipeline, tmp_path / "repo")
     shutil.copy2(mlflow_db_template, repo_copy / "mlflow.db")
     params = load_project_params(repo_copy)
     params["registry"] = registry_settings() | {"gate": {**registry_settings()["gate"], "min_macro_f1": 0.0,
