@@ -89,6 +89,15 @@ def evaluated_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: P
     return BuiltPipeline(folder, log.read_text(encoding="utf-8"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first test that copies the evaluated pipeline runs first and the others that copy it last: under
+    pytest-xdist the worker that builds it starts at once while the other runs the rest, instead of waiting idle
+    for the build."""
+    copying = [item for item in items if "evaluated_pipeline" in getattr(item, "fixturenames", ())]
+    if copying:
+        items[:] = [copying[0], *(item for item in items if item not in copying), *copying[1:]]
+
+
 def copy_built(built: BuiltPipeline, target: Path) -> Path:
     """A copy of a built project (git, DVC cache, checkpoints and all) at target."""
     shutil.copytree(built.root, target, symlinks=True)
