@@ -39,7 +39,8 @@ run: setup
 	$(BIN)/polydistill run
 
 # Two pytest workers: much of the suite waits on subprocesses, servers and barriers, so on 2 cores the second worker
-# fills those waits (21 -> 16 minutes from a fresh clone). TEST_WORKERS=0 runs the tests in one process.
+# fills those waits (pytest 21 -> 16 minutes from a fresh clone; 12 with the tests' shared pipeline build).
+# TEST_WORKERS=0 runs the tests in one process.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
