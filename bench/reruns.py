@@ -5,7 +5,6 @@ a no-op `dvc repro`, and a rerun after changing only distill.temperature, as rat
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from harness import (  # noqa: E402
     fixture_params,
     fixture_texts,
     running_prefect_server,
+    stages_run,
     write_params,
 )
 from tiny_models import tiny_pretrained_encoder  # noqa: E402
@@ -31,7 +31,6 @@ from tiny_models import tiny_pretrained_encoder  # noqa: E402
 LANGUAGES = ["en", "sl", "zh"]
 SIZES = {"quick": {"noop_repeats": 1, "temperatures": [3.0]},
          "full": {"noop_repeats": 3, "temperatures": [3.0, 4.0]}}
-STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 
 
 def repro(root: Path, api_url: str) -> dict[str, Any]:
@@ -45,7 +44,7 @@ def repro(root: Path, api_url: str) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     if finished.returncode != 0:
         raise RuntimeError(f"dvc repro failed: {finished.stdout[-3000:]}{finished.stderr[-3000:]}")
-    return {"seconds": seconds, "stages": STAGE_LINE.findall(finished.stdout)}
+    return {"seconds": seconds, "stages": stages_run(finished.stdout)}
 
 
 def set_temperature(root: Path, temperature: float) -> None:

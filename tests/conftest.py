@@ -25,6 +25,7 @@ from harness import (  # noqa: F401  (re-exported: the test modules import these
     free_port,
     repository_files,
     running_prefect_server,
+    stages_run,
     wait_for_http,
     write_params,
 )
@@ -58,10 +59,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
 
 
+PIPELINE_LANGUAGES = ["en", "sl", "zh"]  # the fixture corpus's languages in the pipeline tests' projects
+
+
 @pytest.fixture
 def repo_copy(tmp_path: Path, tiny_teacher: Path, prefect_server: str) -> Path:
     """A copy of the working tree as its own git repository, params.yaml set for the fixture corpus."""
-    return copy_repository(tmp_path / "repo", fixture_params(["en", "sl", "zh"], tiny_teacher))
+    return copy_repository(tmp_path / "repo", fixture_params(PIPELINE_LANGUAGES, tiny_teacher))
 
 
 class BuiltPipeline(NamedTuple):
@@ -82,7 +86,7 @@ def evaluated_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: P
     with FileLock(str(shared / "evaluated-pipeline.lock")):
         if not log.exists():
             shutil.rmtree(folder, ignore_errors=True)  # a failed build of another worker
-            root = copy_repository(folder, fixture_params(["en", "sl", "zh"], tiny_teacher))
+            root = copy_repository(folder, fixture_params(PIPELINE_LANGUAGES, tiny_teacher))
             built = run_dvc(root, "repro", "evaluate")
             assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-5000:]
             log.write_text(built.stdout + built.stderr, encoding="utf-8")

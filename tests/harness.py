@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,12 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 VENV_BIN = Path(sys.executable).parent
+STAGE_LINE = re.compile(r"Running stage '([^']+)'")  # what `dvc repro` prints for each stage it runs
+
+
+def stages_run(dvc_output: str) -> list[str]:
+    """The stages a `dvc repro` output says it ran, in its order."""
+    return STAGE_LINE.findall(dvc_output)
 
 
 def repository_files() -> list[str]:

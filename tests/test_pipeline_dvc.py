@@ -20,6 +20,7 @@ from conftest import (
     locked_outputs,
     pipeline_environment,
     run_dvc,
+    stages_run,
     write_params,
 )
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -47,7 +48,7 @@ def stages_to_rerun(root: Path, section: str, key: str, value: object) -> set[st
     write_params(root, params)
     dry_run = run_dvc(root, "repro", "--dry", "--force-downstream")
     (root / "params.yaml").write_text(original, encoding="utf-8")
-    return set(re.findall(r"Running stage '([^']+)'", dry_run.stdout))
+    return set(stages_run(dry_run.stdout))
 
 
 def assert_data_plane(root: Path) -> None:
@@ -128,13 +129,13 @@ def assert_model_cards(root: Path) -> None:
 
 def test_pipeline_runs_end_to_end_and_reruns_only_what_changed(evaluated_pipeline: BuiltPipeline,
                                                                tmp_path: Path) -> None:
-    ran = re.findall(r"Running stage '([^']+)'", evaluated_pipeline.output)
+    ran = stages_run(evaluated_pipeline.output)
     assert sorted(ran) == sorted(EVERY_STAGE_BUT_REGISTER), ran
     assert re.search(r"evaluation: language 3/3 \(100%\), kd_f1_en 0\.\d{4}", evaluated_pipeline.output)
     repo_copy = copy_built(evaluated_pipeline, tmp_path / "repo")
     first = run_dvc(repo_copy, "repro")
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
-    assert re.findall(r"Running stage '([^']+)'", first.stdout) == ["register"], first.stdout[-3000:]
+    assert stages_run(first.stdout) == ["register"], first.stdout[-3000:]
     assert_data_plane(repo_copy)
     assert_model_plane(repo_copy)
 
