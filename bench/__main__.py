@@ -20,10 +20,11 @@ MODULES = {"loop": "bench.loop", "speed": "bench.speed", "quality": "bench.quali
            "class_weights": "bench.class_weights", "vocabulary": "bench.vocabulary", "hidden": "bench.hidden",
            "kd_weight": "bench.kd_weight", "steps": "bench.steps", "selection": "bench.selection",
            "attention": "bench.attention", "vocabulary_cap": "bench.vocabulary_cap",
-           "teacher_epochs": "bench.teacher_epochs"}
+           "teacher_epochs": "bench.teacher_epochs", "teacher_context": "bench.teacher_context"}
 # benchmarks that take --languages
 PER_LANGUAGE = ("seeds", "transfer_sources", "ablations", "adaptive", "class_weights", "vocabulary", "hidden",
-                "selection", "attention", "vocabulary_cap", "teacher_epochs")
+                "selection", "attention", "vocabulary_cap", "teacher_epochs",
+                "teacher_context")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

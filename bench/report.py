@@ -6,7 +6,7 @@ from typing import Any
 
 ORDER = ("loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds", "transfer_sources", "adaptive",
          "scaling", "class_weights", "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention",
-         "vocabulary_cap", "teacher_epochs")
+         "vocabulary_cap", "teacher_epochs", "teacher_context")
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,15 +41,21 @@ BOOTSTRAP_SAMPLES, CONFIDENCE, SEED = 1000, 0.95, 13
 OUTPUT = REPO_ROOT / ".cache/bench/teacher_epochs"
 
 
-def longer_teacher(epochs: float, params: dict[str, Any], max_steps: int | None) -> tuple[Path, float]:
-    """The teacher fine-tuned for `epochs` with params.yaml's other settings (evaluated only at its last step, as
-    select_by last keeps it); its folder and fine-tuning seconds. A killed run resumes from its checkpoint."""
-    settings = TrainSettings.from_params({**params["teacher"], "epochs": epochs, "max_steps": max_steps,
-                                          "eval_every": 10**9})
-    output = OUTPUT / f"teacher-{epochs:g}-epochs"
+class ScoredTeacher(NamedTuple):
+    """A fine-tuned transformer and the soft-label settings (max_length, runtime) it is scored with."""
+
+    folder: Path
+    settings: SoftLabelSettings
+
+
+def fine_tuned_teacher(overrides: dict[str, Any], params: dict[str, Any], output: Path) -> tuple[Path, float]:
+    """The teacher fine-tuned with params.yaml's settings but `overrides` (evaluated only at its last step, as
+    select_by last keeps it) into `output`; its folder and fine-tuning seconds. A killed run resumes from its
+    checkpoint."""
+    settings = TrainSettings.from_params({**params["teacher"], **overrides, "eval_every": 10**9})
     metrics = train_teacher(require(REPO_ROOT / "models/pretrained", "make run"),
                             REPO_ROOT / "data/balanced/teacher.parquet", REPO_ROOT / "data/prepared/validation.parquet",
-                            output, OUTPUT / f"teacher-{epochs:g}-epochs.json", OUTPUT / "runs", settings,
+                            output, output.with_suffix(".json"), output.parent / "runs", settings,
                             params["data"]["labels"])
     return output, float(metrics["seconds"])
 
@@ -60,11 +66,12 @@ def pipeline_teacher() -> tuple[Path, float]:
     return REPO_ROOT / "models/teacher", float(metrics["seconds"])
 
 
-def split_scores(teacher_dir: Path, frames: dict[str, pd.DataFrame], member: dict[str, np.ndarray],
-                 settings: SoftLabelSettings, labels: list[str], grid: list[float]) -> dict[str, Any]:
+def split_scores(teacher: ScoredTeacher, frames: dict[str, pd.DataFrame], member: dict[str, np.ndarray],
+                 labels: list[str], grid: list[float]) -> dict[str, Any]:
     """One language: the transformer's and the ensemble's probabilities on validation and test (`member`: TF-IDF's
     probabilities per split), the ensemble weight chosen on validation log-loss."""
-    logits = {split: transformer_logits(teacher_dir, teacher_dir, frame, settings) for split, frame in frames.items()}
+    logits = {split: transformer_logits(teacher.folder, teacher.folder, frame, teacher.settings)
+              for split, frame in frames.items()}
     weight, _ = choose_weight(gold_codes(frames["validation"], labels), logits["validation"], member["validation"],
                               grid)
     return {"weight": weight,
@@ -76,16 +83,16 @@ def macro_f1(frame: pd.DataFrame, probabilities: np.ndarray, labels: list[str]) 
     return float(f1_score(gold_codes(frame, labels), probabilities.argmax(axis=1), average="macro"))
 
 
-def measure_language(frames: dict[str, pd.DataFrame], teachers: dict[str, Path], tfidf: dict[str, np.ndarray],
-                     settings: SoftLabelSettings, labels: list[str], grid: list[float]) -> dict[str, Any]:
+def measure_language(frames: dict[str, pd.DataFrame], teachers: dict[str, ScoredTeacher],
+                     tfidf: dict[str, np.ndarray], labels: list[str], grid: list[float]) -> dict[str, Any]:
     """Per teacher: validation and test macro-F1 of both members' mixture and the transformer alone, and the
     ensemble's paired test margin over TF-IDF."""
     member = {split: np.stack([tfidf[row] for row in frame["id"]]) for split, frame in frames.items()}
     gold_test = gold_codes(frames["test"], labels)
     result: dict[str, Any] = {"tfidf": {split: macro_f1(frame, member[split], labels)
                                         for split, frame in frames.items()}}
-    for name, teacher_dir in teachers.items():
-        scores = split_scores(teacher_dir, frames, member, settings, labels, grid)
+    for name, teacher in teachers.items():
+        scores = split_scores(teacher, frames, member, labels, grid)
         result[name] = {
             "weight": scores["weight"],
             **{f"{member}_{split}": macro_f1(frames[split], scores[member][split], labels)
@@ -101,26 +108,36 @@ def needed_retention(tfidf: float, teacher: float) -> float:
     return tfidf / teacher
 
 
-def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
-    params = load_project_params()
+def compare_teachers(teachers: dict[str, ScoredTeacher], languages: list[str],
+                     params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per language: measure_language of every teacher on validation and test, beside the pipeline's TF-IDF."""
     labels = params["data"]["labels"]
     settings = SoftLabelSettings.from_params(params["soft_labels"])
-    default_dir, default_seconds = pipeline_teacher()
-    teachers = {f"{params['teacher']['epochs']:g} epoch (default)": default_dir}
-    seconds = {next(iter(teachers)): default_seconds}
-    for epochs in sizes["epochs"]:
-        name = f"{epochs:g} epochs" + (f" (max {sizes['max_steps']} steps)" if sizes["max_steps"] else "")
-        teachers[name], seconds[name] = longer_teacher(epochs, params, sizes["max_steps"])
     splits = {split: pd.read_parquet(require(REPO_ROOT / f"data/prepared/{split}.parquet", "make run"))
               for split in ("train", "validation", "test")}
     tfidf = tfidf_probabilities(REPO_ROOT / "models/tfidf", {split: splits[split] for split in ("validation", "test")},
                                 splits["train"], labels, settings.cross_fit_folds)
     results = {}
-    for lang in languages or sizes["languages"] or params["data"]["languages"]:
+    for lang in languages:
         frames = {split: splits[split][splits[split]["lang"] == lang].reset_index(drop=True)
                   for split in ("validation", "test")}
-        results[lang] = measure_language(frames, teachers, tfidf, settings, labels, list(settings.weight_grid))
+        results[lang] = measure_language(frames, teachers, tfidf, labels, list(settings.weight_grid))
+    return results
+
+
+def run(quick: bool, languages: list[str] | None = None) -> dict[str, Any]:
+    sizes = SIZES["quick" if quick else "full"]
+    params = load_project_params()
+    settings = SoftLabelSettings.from_params(params["soft_labels"])
+    default_dir, default_seconds = pipeline_teacher()
+    teachers = {f"{params['teacher']['epochs']:g} epoch (default)": ScoredTeacher(default_dir, settings)}
+    seconds = {next(iter(teachers)): default_seconds}
+    for epochs in sizes["epochs"]:
+        name = f"{epochs:g} epochs" + (f" (max {sizes['max_steps']} steps)" if sizes["max_steps"] else "")
+        folder, seconds[name] = fine_tuned_teacher({"epochs": epochs, "max_steps": sizes["max_steps"]}, params,
+                                                   OUTPUT / f"teacher-{epochs:g}-epochs")
+        teachers[name] = ScoredTeacher(folder, settings)
+    results = compare_teachers(teachers, languages or sizes["languages"] or params["data"]["languages"], params)
     return summarise(results, list(teachers), seconds, sizes)
 
 
@@ -130,8 +147,9 @@ def preferred_on_validation(results: dict[str, dict[str, Any]], teachers: list[s
                                                     for result in results.values()]))
 
 
-def summarise(results: dict[str, dict[str, Any]], teachers: list[str], seconds: dict[str, float],
-              sizes: dict[str, Any]) -> dict[str, Any]:
+def comparison_tables(results: dict[str, dict[str, Any]], teachers: list[str],
+                      seconds: dict[str, float]) -> list[dict[str, Any]]:
+    """The per-language table and the table of means over languages (with the fine-tuning's seconds)."""
     rows = []
     for lang, result in results.items():
         for name in teachers:
@@ -146,20 +164,26 @@ def summarise(results: dict[str, dict[str, Any]], teachers: list[str], seconds: 
     means = [[name, f"{np.mean([r[name]['ensemble_validation'] for r in results.values()]):.3f}",
               f"{np.mean([r[name]['ensemble_test'] for r in results.values()]):.3f}", f"{seconds[name]:.0f}"]
              for name in teachers]
-    chosen = preferred_on_validation(results, teachers)
+    return [
+        {"title": "Per language: macro-F1 of the transformer and of the ensemble teacher (weight chosen on "
+                  "validation log-loss), the ensemble's paired test margin over TF-IDF (95% interval) and the "
+                  "retention a student needs to match TF-IDF",
+         "columns": ["lang", "teacher", "transformer validation", "ensemble validation", "transformer test",
+                     "ensemble test", "TF-IDF test", "ensemble − TF-IDF (test)", "retention needed",
+                     "transformer weight"], "rows": rows},
+        {"title": f"Mean over languages and the fine-tuning's seconds; validation prefers "
+                  f"{preferred_on_validation(results, teachers)}",
+         "columns": ["teacher", "ensemble validation", "ensemble test", "fine-tuning s"], "rows": means},
+    ]
+
+
+def summarise(results: dict[str, dict[str, Any]], teachers: list[str], seconds: dict[str, float],
+              sizes: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": "teacher_epochs", "title": "19. A longer teacher fine-tuning and the headroom over TF-IDF",
-        "config": sizes, "results": results, "fine_tuning_seconds": seconds, "preferred_on_validation": chosen,
-        "tables": [
-            {"title": "Per language: macro-F1 of the transformer and of the ensemble teacher (weight chosen on "
-                      "validation log-loss), the ensemble's paired test margin over TF-IDF (95% interval) and the "
-                      "retention a student needs to match TF-IDF",
-             "columns": ["lang", "teacher", "transformer validation", "ensemble validation", "transformer test",
-                         "ensemble test", "TF-IDF test", "ensemble − TF-IDF (test)", "retention needed",
-                         "transformer weight"], "rows": rows},
-            {"title": f"Mean over languages and the fine-tuning's seconds; validation prefers {chosen}",
-             "columns": ["teacher", "ensemble validation", "ensemble test", "fine-tuning s"], "rows": means},
-        ],
+        "config": sizes, "results": results, "fine_tuning_seconds": seconds,
+        "preferred_on_validation": preferred_on_validation(results, teachers),
+        "tables": comparison_tables(results, teachers, seconds),
         "notes": ["One fine-tuning per teacher (seed 13): the teachers differ by one seed's noise besides their "
                   "epochs. The fold twins are fine-tuned with the teacher's settings, so a longer teacher makes "
                   "them longer by the same factor."],

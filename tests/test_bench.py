@@ -210,7 +210,8 @@ def test_only_selects_known_benchmarks() -> None:
     assert parse_arguments([]).selected == ["loop", "speed", "quality", "sampling", "reruns", "ablations", "seeds",
                                            "transfer_sources", "adaptive", "scaling", "class_weights",
                                            "vocabulary", "hidden", "kd_weight", "steps", "selection", "attention",
-                                           "vocabulary_cap", "teacher_epochs"]
+                                           "vocabulary_cap", "teacher_epochs",
+                                           "teacher_context"]
     with pytest.raises(SystemExit):
         parse_arguments(["--only", "nonsense"])
 
