@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from tiny_models import TINY_POSITIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -61,7 +62,17 @@ def fixture_params(languages: list[str], teacher_dir: Path | None = None) -> dic
     params["distill"]["independent_teacher"].update(quick)
     params["evaluate"].update(bootstrap_samples=200, latency_repeats=5, throughput_texts=32, warmup=1, rounds=2)
     params["executor"].update(kind="serial")  # the Dask fan-out has its own test (test_pipeline_dvc.py)
+    cap_max_length(params, TINY_POSITIONS)
     return params
+
+
+def cap_max_length(section: dict, positions: int) -> None:
+    """Lower every max_length in a params tree (any stage, any depth) to what a model of `positions` reads."""
+    for key, value in section.items():
+        if isinstance(value, dict):
+            cap_max_length(value, positions)
+        elif key == "max_length":
+            section[key] = min(value, positions)
 
 
 def free_port() -> int:

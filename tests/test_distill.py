@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO_ROOT, fixture_texts
-from tiny_models import TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
+from tiny_models import TINY_POSITIONS, TINY_TFIDF_SETTINGS, tiny_pretrained_encoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from polydistill.data.text_key import comparison_key
@@ -31,7 +31,8 @@ from polydistill.model.training import collate
 LABELS = ["negative", "positive"]
 SOFT = SoftLabelSettings(ensemble=True, weight_grid=(0.0, 0.5, 1.0), cross_fit_folds=3, max_length=32, batch_size=16,
                          threads=1, runtime="torch_fp32")
-QUICK = {"eval_every": 4, "checkpoint_every": 4, "batch_size": 8, "epochs": 1, "eval_rows_per_language": 0}
+QUICK = {"max_length": TINY_POSITIONS, "eval_every": 4, "checkpoint_every": 4, "batch_size": 8, "epochs": 1,
+         "eval_rows_per_language": 0}
 
 
 def split(texts: list[str], langs: list[str], prefix: str) -> pd.DataFrame:

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 from safetensors import safe_open
-from transformers import BertConfig, BertForSequenceClassification
+from tiny_models import TINY_POSITIONS
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from polydistill.model.distill import STUDENT_CODE
 from polydistill.model.teacher import TEACHER_CODE
@@ -22,6 +23,7 @@ from polydistill.model.training import (
     bucketed_batches,
     collate,
     cross_entropy_loss,
+    encode_texts,
     per_language_log_loss,
     per_language_macro_f1,
     predict_logits,
@@ -59,6 +61,14 @@ def settings(**overrides) -> TrainSettings:
     base = dict(max_length=64, batch_size=8, learning_rate=3e-3, warmup_ratio=0.1, epochs=3, weight_decay=0.01,
                 eval_every=10, patience=100, checkpoint_every=5, seed=5, bucket_batches=4)
     return TrainSettings(**{**base, **overrides})
+
+
+def test_a_max_length_beyond_the_models_positions_is_refused(tiny_teacher: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
+    long_text = "good film " * TINY_POSITIONS
+    assert len(encode_texts(tokenizer, [long_text], TINY_POSITIONS)[0]) == TINY_POSITIONS
+    with pytest.raises(ValueError, match=f"max_length {TINY_POSITIONS + 1} exceeds the {TINY_POSITIONS} positions"):
+        encode_texts(tokenizer, [long_text], TINY_POSITIONS + 1)
 
 
 def test_buckets_cover_every_row_once_and_pad_little() -> None:

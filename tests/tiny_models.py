@@ -16,6 +16,7 @@ from polydistill.model.tfidf import TfidfSettings
 
 TINY_TFIDF_SETTINGS = TfidfSettings(analyzer="char_wb", ngram_range=(1, 3), min_df=1, max_features=5000,
                                     c_grid=(1.0,), max_iter=500, cv_folds=2, seed=0)
+TINY_POSITIONS = 64  # the tiny encoder's position embeddings: the longest max_length it can read
 
 
 def xlmr_style_tokenizer(texts: list[str], vocab_size: int) -> dict:
@@ -45,12 +46,12 @@ def tiny_pretrained_encoder(directory: Path, texts: list[str], labels: list[str]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(content)), bos_token="<s>", eos_token="</s>",
         cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
-        model_max_length=64)
+        model_max_length=TINY_POSITIONS)
     tokenizer.save_pretrained(directory)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(content["model"]["vocab"]), hidden_size=hidden_size,
                         num_hidden_layers=layers, num_attention_heads=4, intermediate_size=2 * hidden_size,
-                        max_position_embeddings=64, pad_token_id=1, num_labels=len(labels),
+                        max_position_embeddings=TINY_POSITIONS, pad_token_id=1, num_labels=len(labels),
                         id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
     BertForSequenceClassification(config).save_pretrained(directory)
     return directory

@@ -144,7 +144,11 @@ class TrainState:
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to max_length, not padded."""
+    """Token ids per text, truncated to max_length, not padded; a max_length beyond the model's positions (the
+    tokenizer's model_max_length) is refused before any training step rather than failing inside one."""
+    if max_length > tokenizer.model_max_length:
+        raise ValueError(f"max_length {max_length} exceeds the {tokenizer.model_max_length} positions this model "
+                         f"reads (its tokenizer's model_max_length): lower the stage's max_length in params.yaml")
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
