@@ -86,13 +86,26 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    """The CPU model name and its widest vector extension from /proc/cpuinfo (platform.processor() elsewhere).
+
+    Machines sold under one name (an "AMD EPYC" with or without AVX-512) train different teachers, so the vector
+    width is part of the machine's name here.
+    """
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    if not cpuinfo.exists():
+        return platform.processor() or "unknown"
+    return describe_cpu(cpuinfo.read_text(encoding="utf-8", errors="replace"))
+
+
+def describe_cpu(cpuinfo: str) -> str:
+    """'<model name> (<widest of AVX-512, AVX2>)' from the text of /proc/cpuinfo."""
+    first_processor = cpuinfo.split("\n\n", 1)[0]
+    fields = {key.strip(): value.strip()
+              for key, value in (line.split(":", 1) for line in first_processor.splitlines() if ":" in line)}
+    name = fields.get("model name", "unknown")
+    flags = set(fields.get("flags", "").split())
+    vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    return f"{name} ({vector})" if vector else name
 
 
 def machine_info() -> dict[str, Any]:

@@ -13,7 +13,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.__main__ import parse_arguments  # noqa: E402
 from bench.ablations import paired_mean_difference, verdict  # noqa: E402
 from bench.adaptive import adaptive_choice, choose  # noqa: E402
-from bench.common import format_summary, interleave, load_project_params, paired_ratios, summarize, target  # noqa: E402
+from bench.common import (  # noqa: E402
+    describe_cpu,
+    format_summary,
+    interleave,
+    load_project_params,
+    paired_ratios,
+    summarize,
+    target,
+)
 from bench.kd_weight import VARIANTS as KD_WEIGHT_VARIANTS  # noqa: E402
 from bench.loop import training_flops  # noqa: E402
 from bench.quality import language_row, with_interval  # noqa: E402
@@ -355,3 +363,11 @@ def test_shapes_are_compared_on_the_same_resampled_rows_per_language() -> None:
     lost = paired_mean_difference(gold, entries(worse), entries(noisy), "onnx_int8", 2, settings)
     assert verdict(same, 0.01) == "held" and verdict(lost, 0.01) == "lost"
     assert verdict({"difference": -0.005, "low": -0.03, "high": 0.02}, 0.01) == "undecided"
+
+
+def test_the_cpu_is_named_with_its_widest_vector_extension() -> None:
+    first = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 avx512f avx512dq\n"
+    second = "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    assert describe_cpu(f"{first}\n{second}") == "AMD EPYC (AVX-512)"
+    assert describe_cpu("model name\t: AMD EPYC\nflags\t\t: fpu avx avx2\n") == "AMD EPYC (AVX2)"
+    assert describe_cpu("model name\t: Old CPU\nflags\t\t: fpu sse2\n") == "Old CPU"
